@@ -1,8 +1,4 @@
-// Command 01-always-on is the dice service as the blog post starts it: a process that
-// opens its own port and runs forever, whether anybody rolls dice or not.
-//
-//	./bin/01-always-on -addr 127.0.0.1:8080
-//	curl -i 127.0.0.1:8080/roll
+// Command 01-always-on serves dice on a port it opens itself, and runs until stopped.
 package main
 
 import (
@@ -19,19 +15,20 @@ import (
 	"example.com/socket-dice/dice"
 )
 
+var addr = flag.String("addr", "127.0.0.1:8080", "address to listen on")
+
 func main() {
-	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
 	delay := flag.Duration("delay", 0, "hold each answer this long (to watch a graceful stop)")
 	flag.Parse()
 	log := dice.NewLogger()
-	if err := run(*addr, *delay, log); err != nil {
+	if err := run(*delay, log); err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr string, delay time.Duration, log *slog.Logger) error {
-	ln, err := listener(addr)
+func run(delay time.Duration, log *slog.Logger) error {
+	ln, err := listener()
 	if err != nil {
 		return err
 	}
@@ -42,10 +39,9 @@ func run(addr string, delay time.Duration, log *slog.Logger) error {
 	return serve(ctx, ln, &dice.Handler{Log: log, Delay: delay}, log)
 }
 
-// listener opens the port itself: from now until it exits, this process holds the
-// port and its memory, whether anybody calls or not.
-func listener(addr string) (net.Listener, error) {
-	return net.Listen("tcp", addr)
+// listener opens the port itself: this process holds it, and its memory, until it exits.
+func listener() (net.Listener, error) {
+	return net.Listen("tcp", *addr)
 }
 
 // serve answers rolls on ln until ctx is done, then stops accepting and lets the

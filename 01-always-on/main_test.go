@@ -33,7 +33,8 @@ func TestMain(m *testing.M) {
 }
 
 func TestServeAnswersRolls(t *testing.T) {
-	ln, err := listener("127.0.0.1:0")
+	*addr = "127.0.0.1:0"
+	ln, err := listener()
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, stop := context.WithCancel(context.Background())
@@ -55,10 +56,12 @@ func TestServeAnswersRolls(t *testing.T) {
 }
 
 func TestListenerRefusesABusyPort(t *testing.T) {
-	ln, err := listener("127.0.0.1:0")
+	*addr = "127.0.0.1:0"
+	ln, err := listener()
 	require.NoError(t, err)
 	defer ln.Close()
-	_, err = listener(ln.Addr().String())
+	*addr = ln.Addr().String()
+	_, err = listener()
 	assert.ErrorContains(t, err, "address already in use")
 }
 
