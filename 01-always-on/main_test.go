@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,17 +19,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"example.com/socket-dice/dice"
+	"example.com/socket-dice/internal/stagetest"
 )
 
-// TestMain lets a test run this very binary as the service: with DICE_RUN_MAIN=1
-// the test binary is the stage's main, flags and signals included.
-func TestMain(m *testing.M) {
-	if os.Getenv("DICE_RUN_MAIN") == "1" {
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
+// TestMain lets a test run this very binary as the stage's main, flags and
+// signals included (stagetest.Self).
+func TestMain(m *testing.M) { stagetest.Main(m, main) }
 
 func TestServeAnswersRolls(t *testing.T) {
 	*addr = "127.0.0.1:0"
@@ -68,8 +62,7 @@ func TestListenerRefusesABusyPort(t *testing.T) {
 // TestSIGTERMFinishesSlowRequest runs the stage as its own process, sends SIGTERM
 // while a slow request is in flight, and expects the answer and exit status 0.
 func TestSIGTERMFinishesSlowRequest(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-addr", "127.0.0.1:0", "-delay", "1s")
-	cmd.Env = append(os.Environ(), "DICE_RUN_MAIN=1")
+	cmd := stagetest.Self("-addr", "127.0.0.1:0", "-delay", "1s")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())

@@ -1,0 +1,156 @@
+// Package stagetest runs a stage's main as its own process, without a service
+// manager: directly, or the way systemd starts a socket-activated service (the
+// sockets as file descriptors 3, 4, ..., LISTEN_FDS set to their number and
+// LISTEN_PID to the program's own pid). Tests use it to pass a stage the wrong
+// kind of socket, which a real socket unit cannot be talked into, and to check
+// what a process does with signals. The e2e tests under a real systemd are in
+// package systemdtest.
+package stagetest
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"example.com/socket-dice/dice"
+)
+
+// runMain is set in the environment of a test binary that is to run as the stage.
+const runMain = "DICE_RUN_MAIN"
+
+// Main is a stage test's TestMain: it runs the stage's main instead of the tests
+// when the test binary was started by Self or Command.
+func Main(m *testing.M, main func()) {
+	if os.Getenv(runMain) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// Self runs the test binary itself as the stage's main, with args.
+func Self(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), runMain+"=1")
+	return cmd
+}
+
+// shim sets LISTEN_PID to its own pid, then execs the program in the same process,
+// so the pid matches, as when systemd forks and execs the service.
+const shim = `LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"`
+
+// Activated runs the test binary as the stage's main with args, and files passed
+// as fds 3, 4, ... as systemd passes sockets. Extra environment (LISTEN_FDNAMES)
+// goes in env.
+func Activated(files []*os.File, env []string, args ...string) *exec.Cmd {
+	cmd := exec.Command("/bin/sh", append([]string{"-c", shim, os.Args[0]}, args...)...)
+	cmd.ExtraFiles = files
+	cmd.Env = append(os.Environ(), runMain+"=1", "LISTEN_FDS="+strconv.Itoa(len(files)))
+	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
+
+// Exit runs cmd to its end (at most 10 s) and returns its exit code and output.
+func Exit(t testing.TB, cmd *exec.Cmd) (int, string) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	timer := time.AfterFunc(10*time.Second, func() { _ = cmd.Process.Kill() })
+	err := cmd.Wait()
+	timer.Stop()
+	if err != nil {
+		exit, ok := err.(*exec.ExitError)
+		require.True(t, ok, "%v: %s", err, out.String())
+		return exit.ExitCode(), out.String()
+	}
+	return 0, out.String()
+}
+
+// Roll is one GET /roll through client, with its status, Dice-Pid and answer.
+func Roll(t testing.TB, client *http.Client, base string) (status, pid int, a dice.Answer) {
+	t.Helper()
+	resp, err := client.Get(base + "/roll")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	pid, err = strconv.Atoi(resp.Header.Get("Dice-Pid"))
+	require.NoError(t, err, "Dice-Pid header")
+	if resp.StatusCode == http.StatusOK {
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&a))
+	}
+	return resp.StatusCode, pid, a
+}
+
+// File returns the socket behind a net.Listener, net.Conn or net.PacketConn as an
+// *os.File to pass on; it is closed when the test ends.
+func File(t testing.TB, s interface{ File() (*os.File, error) }) *os.File {
+	t.Helper()
+	f, err := s.File()
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TCPListener is a fresh listening socket on a free loopback port.
+func TCPListener(t testing.TB) *net.TCPListener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
+}
+
+// TCPConn is the server side of a fresh loopback connection, as systemd hands it to
+// an Accept=yes service, and the client side to talk through.
+func TCPConn(t testing.TB) (server, client *net.TCPConn) {
+	t.Helper()
+	ln := TCPListener(t)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	s, err := ln.AcceptTCP()
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s, c.(*net.TCPConn)
+}
+
+// UDPConn is a datagram socket, as a ListenDatagram= line would pass.
+func UDPConn(t testing.TB) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// FreePort is a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln := TCPListener(t)
+	port := ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, ln.Close())
+	return port
+}
+
+// Need returns the path of a program the test cannot do without. When it is
+// missing the test is skipped, or fails where DICE_REQUIRE_SYSTEMD=1 (CI).
+func Need(t testing.TB, program string) string {
+	t.Helper()
+	path, err := exec.LookPath(program)
+	if err != nil {
+		msg := program + " is not installed (it comes with systemd)"
+		if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return path
+}
