@@ -54,7 +54,7 @@ func Listener(lns []net.Listener, err error) (net.Listener, error) {
 		return nil, errors.New("fd 3 is not a stream socket (a ListenDatagram= or " +
 			"ListenFIFO= line?): this service needs ListenStream=")
 	}
-	listening, err := acceptsConnections(lns[0].(syscall.Conn))
+	_, listening, err := kind(lns[0].(syscall.Conn))
 	if err != nil {
 		return nil, fmt.Errorf("fd 3: %w", err)
 	}
@@ -75,40 +75,40 @@ func Conn(files []*os.File) (net.Conn, error) {
 			"give the socket unit one ListenStream= line and Accept=yes", len(files))
 	}
 	defer files[0].Close() // net.FileConn keeps a duplicate.
-	listening, err := acceptsConnections(files[0])
-	if err != nil {
+	stream, listening, err := kind(files[0])
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("fd 3: %w", err)
-	}
-	if listening {
+	case !stream:
+		return nil, errors.New("fd 3 is not a stream connection (a ListenDatagram= or " +
+			"ListenFIFO= line?): this service needs ListenStream= and Accept=yes")
+	case listening:
 		return nil, errors.New("fd 3 is a listening socket, not one connection: the " +
 			"socket unit needs Accept=yes (with dice@.service), or run " +
 			"./bin/02-socket-activated, which serves a listening socket")
 	}
-	c, err := net.FileConn(files[0])
-	if err != nil {
-		return nil, fmt.Errorf("fd 3 is not a stream connection (ListenStream= with "+
-			"Accept=yes is needed): %w", err)
-	}
-	return c, nil
+	return net.FileConn(files[0])
 }
 
-// acceptsConnections tells a listening socket (SO_ACCEPTCONN=1) from a connected one.
-func acceptsConnections(c syscall.Conn) (bool, error) {
+// kind tells a stream socket (SO_TYPE) and a listening one (SO_ACCEPTCONN) from
+// the others.
+func kind(c syscall.Conn) (stream, listening bool, err error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	var v int
-	var serr error
+	var typ, acc int
+	var typErr, accErr error
 	if err := raw.Control(func(fd uintptr) {
-		v, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
+		typ, typErr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_TYPE)
+		acc, accErr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
 	}); err != nil {
-		return false, err
+		return false, false, err
 	}
-	if serr != nil {
-		return false, fmt.Errorf("not a socket: %w", serr)
+	if err := errors.Join(typErr, accErr); err != nil {
+		return false, false, fmt.Errorf("not a socket: %w", err)
 	}
-	return v == 1, nil
+	return typ == syscall.SOCK_STREAM, acc == 1, nil
 }
 
 // stage is this program's stage number, from its name (bin/02-socket-activated: 2).

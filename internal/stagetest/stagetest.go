@@ -154,3 +154,14 @@ func Need(t testing.TB, program string) string {
 	}
 	return path
 }
+
+// Start starts cmd and reports its exit (nil for status 0). The test kills it at
+// the end if it is still running.
+func Start(t testing.TB, cmd *exec.Cmd) <-chan error {
+	t.Helper()
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return exited
+}

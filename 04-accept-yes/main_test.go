@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"example.com/socket-dice/dice"
+	"example.com/socket-dice/internal/stagetest"
+)
+
+func TestMain(m *testing.M) { stagetest.Main(m, main) }
+
+// TestWrongActivation: without systemd, or handed a listening socket (a socket
+// unit with Accept=no), the stage exits 1 and names the fix.
+func TestWrongActivation(t *testing.T) {
+	tests := []struct {
+		name     string
+		cmd      *exec.Cmd
+		mentions []string
+	}{
+		{"no systemd at all", stagetest.Self(), []string{"LISTEN_FDS unset",
+			"make run-stage 4", "systemd-socket-activate --accept -l 127.0.0.1:8080"}},
+		{"a listening socket (Accept=no)", stagetest.Activated([]*os.File{
+			stagetest.File(t, stagetest.TCPListener(t))}, nil),
+			[]string{"a listening socket, not one connection", "Accept=yes"}},
+		{"a datagram socket", stagetest.Activated([]*os.File{
+			stagetest.File(t, stagetest.UDPConn(t))}, nil),
+			[]string{"not a stream connection"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := stagetest.Exit(t, tt.cmd)
+			assert.Equal(t, 1, code, out)
+			for _, m := range tt.mentions {
+				assert.Contains(t, out, m)
+			}
+		})
+	}
+}
+
+// TestServesOneConnection hands the stage one accepted connection, as systemd does
+// with Accept=yes: every keep-alive request on it is answered by the same process,
+// which exits 0 when the client closes the connection.
+func TestServesOneConnection(t *testing.T) {
+	server, client := stagetest.TCPConn(t)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, server)},
+		[]string{"LISTEN_FDNAMES=connection"})
+	exited := stagetest.Start(t, cmd)
+	require.NoError(t, server.Close(), "the stage has its own copy")
+
+	r := bufio.NewReader(client)
+	for i := range 10 {
+		_, err := fmt.Fprintf(client, "GET /roll?count=%d HTTP/1.1\r\nHost: dice\r\n\r\n", i+1)
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(r, nil)
+		require.NoError(t, err, "request %d", i)
+		var a dice.Answer
+		require.NoError(t, jsonDecode(resp, &a))
+		assert.Len(t, a.Rolls, i+1)
+		assert.Equal(t, strconv.Itoa(cmd.Process.Pid), resp.Header.Get("Dice-Pid"))
+	}
+	require.NoError(t, client.Close())
+	select {
+	case err := <-exited:
+		assert.NoError(t, err, "exit status 0 once the client hung up")
+	case <-time.After(5 * time.Second):
+		t.Fatal("still running 5 s after the client closed its connection")
+	}
+}
+
+// TestSilentClientCannotHoldAProcess: a client that connects and sends nothing is
+// cut off after dice.ReadHeaderTimeout, and the process exits.
+func TestSilentClientCannotHoldAProcess(t *testing.T) {
+	server, client := stagetest.TCPConn(t)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, server)},
+		[]string{"LISTEN_FDNAMES=connection"})
+	exited := stagetest.Start(t, cmd)
+	select {
+	case err := <-exited:
+		assert.NoError(t, err)
+	case <-time.After(dice.ReadHeaderTimeout + 5*time.Second):
+		t.Fatalf("a silent client held the process past ReadHeaderTimeout (%s)",
+			dice.ReadHeaderTimeout)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(time.Second))
+	_, err := client.Read(make([]byte, 1))
+	assert.Error(t, err, "the server closed the silent connection")
+}
+
+// TestSystemdSocketActivateAccept is the no-units quick path from the README:
+// systemd-socket-activate --accept starts the stage once per connection.
+func TestSystemdSocketActivateAccept(t *testing.T) {
+	ssa := stagetest.Need(t, "systemd-socket-activate")
+	addr := fmt.Sprintf("127.0.0.1:%d", stagetest.FreePort(t))
+	cmd := exec.Command(ssa, "--accept", "-l", addr, "-E", "DICE_RUN_MAIN=1", os.Args[0])
+	stagetest.Start(t, cmd)
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond, "systemd-socket-activate listens")
+
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	pids := map[int]bool{}
+	for range 3 {
+		status, pid, _ := stagetest.Roll(t, client, "http://"+addr)
+		assert.Equal(t, http.StatusOK, status)
+		pids[pid] = true
+	}
+	assert.Len(t, pids, 3, "one process per connection")
+}
+
+func jsonDecode(resp *http.Response, v any) error {
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
