@@ -1,4 +1,4 @@
-package dice
+package dice_test
 
 import (
 	"bufio"
@@ -17,10 +17,13 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"example.com/socket-dice/dice"
+	"example.com/socket-dice/internal/stagetest"
 )
 
-func quietHandler() *Handler {
-	return &Handler{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+func quietHandler() *dice.Handler {
+	return &dice.Handler{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
 func TestRollAnswersJSON(t *testing.T) {
@@ -46,7 +49,7 @@ func TestRollWithSidesAndCount(t *testing.T) {
 	quietHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/roll?sides=20&count=3", nil))
 
 	require.Equal(t, http.StatusOK, rec.Code)
-	var a Answer
+	var a dice.Answer
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &a))
 	require.Len(t, a.Rolls, 3)
 	sum := 0
@@ -70,68 +73,11 @@ func TestHeadHasNoBody(t *testing.T) {
 	assert.Empty(t, body)
 }
 
-// BadRequests is every kind of bad request the service must refuse with a 4xx JSON
-// error that says what is allowed. The e2e tests send the same table over the wire.
-var BadRequests = []struct {
-	Name, Method, Target string
-	Status               int
-	Mentions             string // a piece of the error message
-}{
-	{"sides not a number", "GET", "/roll?sides=abc", 400, "sides must be a whole number from 2 to 1000"},
-	{"count not a number", "GET", "/roll?count=three", 400, "count must be a whole number from 1 to 100"},
-	{"sides zero", "GET", "/roll?sides=0", 400, "from 2 to 1000"},
-	{"sides one", "GET", "/roll?sides=1", 400, "from 2 to 1000"},
-	{"count zero", "GET", "/roll?count=0", 400, "from 1 to 100"},
-	{"sides negative", "GET", "/roll?sides=-6", 400, "from 2 to 1000"},
-	{"count negative", "GET", "/roll?count=-1", 400, "from 1 to 100"},
-	{"sides too large", "GET", "/roll?sides=1001", 400, "from 2 to 1000"},
-	{"count too large", "GET", "/roll?count=101", 400, "from 1 to 100"},
-	{"sides overflowing int64", "GET", "/roll?sides=99999999999999999999999", 400, "from 2 to 1000"},
-	{"count overflowing int32", "GET", "/roll?count=4294967297", 400, "from 1 to 100"},
-	{"sides float", "GET", "/roll?sides=6.0", 400, "whole number"},
-	{"sides exponent", "GET", "/roll?sides=1e2", 400, "whole number"},
-	{"sides hex", "GET", "/roll?sides=0x10", 400, "whole number"},
-	{"sides with plus sign", "GET", "/roll?sides=%2B6", 400, "whole number"},
-	{"sides with space", "GET", "/roll?sides=%206", 400, "whole number"},
-	{"sides empty", "GET", "/roll?sides=", 400, "from 2 to 1000"},
-	{"count empty", "GET", "/roll?count", 400, "from 1 to 100"},
-	{"sides repeated", "GET", "/roll?sides=6&sides=8", 400, "sides given 2 times"},
-	{"count repeated", "GET", "/roll?count=1&count=1", 400, "count given 2 times"},
-	{"unknown parameter", "GET", "/roll?side=6", 400, "allowed are sides (2 to 1000) and count (1 to 100)"},
-	{"malformed escape", "GET", "/roll?sides=%zz", 400, "malformed query"},
-	{"semicolon separator", "GET", "/roll?sides=6;count=2", 400, "malformed query"},
-	{"non-ascii digits", "GET", "/roll?count=%D9%A3", 400, "whole number"},
-	{"huge value", "GET", "/roll?sides=" + strings.Repeat("9", 4000), 400, "from 2 to 1000"},
-	{"unknown path", "GET", "/rolls", 404, "try GET /roll"},
-	{"root path", "GET", "/", 404, "try GET /roll"},
-	{"POST", "POST", "/roll", 405, "use GET"},
-	{"DELETE", "DELETE", "/roll", 405, "use GET"},
-	{"PUT with a valid query", "PUT", "/roll?sides=6", 405, "use GET"},
-}
-
 func TestBadRequests(t *testing.T) {
 	srv := httptest.NewServer(quietHandler())
 	defer srv.Close()
-	require.GreaterOrEqual(t, len(BadRequests), 20)
-	for _, tt := range BadRequests {
-		t.Run(tt.Name, func(t *testing.T) {
-			req, err := http.NewRequest(tt.Method, srv.URL+tt.Target, nil)
-			require.NoError(t, err)
-			resp, err := http.DefaultClient.Do(req)
-			require.NoError(t, err)
-			defer resp.Body.Close()
-
-			assert.Equal(t, tt.Status, resp.StatusCode)
-			assert.Equal(t, "application/json", resp.Header.Get("Content-Type"))
-			assert.NotEmpty(t, resp.Header.Get("Dice-Pid"))
-			var e Error
-			require.NoError(t, json.NewDecoder(resp.Body).Decode(&e))
-			assert.Contains(t, e.Error, tt.Mentions)
-			if tt.Status == http.StatusMethodNotAllowed {
-				assert.Equal(t, "GET, HEAD", resp.Header.Get("Allow"))
-			}
-		})
-	}
+	require.GreaterOrEqual(t, len(stagetest.BadRequests), 20)
+	stagetest.SendBadRequests(t, srv.URL)
 }
 
 // TestBrokenClientsDoNotCrashTheServer sends what no HTTP client should, through
@@ -140,7 +86,7 @@ func TestBrokenClientsDoNotCrashTheServer(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv := NewServer(quietHandler(), log)
+	srv := dice.NewServer(quietHandler(), log)
 	go srv.Serve(ln) //nolint:errcheck // Closed below.
 	defer srv.Close()
 
