@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +21,7 @@ import (
 
 	"example.com/socket-dice/dice"
 	"example.com/socket-dice/internal/stagetest"
+	"example.com/socket-dice/internal/systemdtest"
 )
 
 // TestMain lets a test run this very binary as the stage's main, flags and
@@ -122,4 +124,42 @@ func waitForAddr(t *testing.T, stderr io.Reader) string {
 		t.Fatal("the service did not log its address within 10 s")
 		return ""
 	}
+}
+
+// TestUnderSystemd runs units/01-always-on/dice.service under a real systemd user
+// manager: the service is active and answers, from its MainPID, and
+// `systemctl stop` ends the process.
+func TestUnderSystemd(t *testing.T) {
+	m := systemdtest.New(t)
+	port := systemdtest.FreePort(t)
+	m.InstallUnits(t, systemdtest.Install{
+		Stage:  "01-always-on",
+		Binary: systemdtest.BuildStage(t, "01-always-on"),
+		Args:   []string{"-addr", fmt.Sprintf("127.0.0.1:%d", port)},
+	})
+	m.MustSystemctl(t, "start", "dice.service")
+	m.WaitProp(t, "dice.service", "ActiveState", "active", 5*time.Second)
+	pid := m.MainPID(t, "dice.service")
+	require.Positive(t, pid)
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(base + "/roll")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond, "the service listens on its port")
+	status, answeredBy, a := stagetest.Roll(t, http.DefaultClient, base)
+	assert.Equal(t, http.StatusOK, status)
+	assert.Equal(t, pid, answeredBy, "Dice-Pid is the unit's MainPID")
+	assert.GreaterOrEqual(t, a.Result, 1)
+	assert.LessOrEqual(t, a.Result, 6)
+	t.Run("bad requests", func(t *testing.T) { stagetest.SendBadRequests(t, base) })
+	assert.Equal(t, pid, m.MainPID(t, "dice.service"), "bad requests did not end the service")
+
+	m.MustSystemctl(t, "stop", "dice.service")
+	assert.Equal(t, "inactive", m.Show(t, "dice.service", "ActiveState"))
+	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"), "exit status 0 on SIGTERM")
+	assert.NoDirExists(t, fmt.Sprintf("/proc/%d", pid), "systemctl stop ended the process")
 }
