@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -28,7 +29,7 @@ func CheckEnv(tryFlags string) error {
 		return fmt.Errorf("no socket passed by systemd (LISTEN_FDS unset): start dice.socket "+
 			"(make run-stage %s), or try: systemd-socket-activate %s %s; `go run` cannot "+
 			"work: it runs the program as a child, with another pid", stage(), tryFlags,
-			os.Args[0])
+			self())
 	case pid != strconv.Itoa(os.Getpid()):
 		return fmt.Errorf("systemd passed its sockets to pid %s, this is pid %d: run the "+
 			"built binary itself in ExecStart= (not `go run` or a wrapper that forks; a "+
@@ -109,6 +110,15 @@ func kind(c syscall.Conn) (stream, listening bool, err error) {
 		return false, false, fmt.Errorf("not a socket: %w", err)
 	}
 	return typ == syscall.SOCK_STREAM, acc == 1, nil
+}
+
+// self is how to run this program: under `go run`, os.Args[0] is a temporary
+// binary in Go's build cache, so the built one in bin/ is named instead.
+func self() string {
+	if strings.Contains(os.Args[0], "go-build") {
+		return "./bin/" + filepath.Base(os.Args[0]) + " (after make build)"
+	}
+	return os.Args[0]
 }
 
 // stage is this program's stage number, from its name (bin/02-socket-activated: 2).
