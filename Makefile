@@ -3,6 +3,9 @@
 
 STAGES := $(sort $(patsubst %/,%,$(wildcard 0[1-9]-*/)))
 GO     ?= go
+# make install-system: the binary goes to $(DESTDIR)$(PREFIX)/bin, the units to
+# $(DESTDIR)/etc/systemd/system.
+PREFIX ?= /usr/local
 
 # "make run-stage 2" (as the README types it) and "make run-stage N=2" both work;
 # so do "make diff 3" and "make diff N=3".
@@ -18,9 +21,10 @@ STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
 PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4,$(N)),2,$(shell expr 0$(N) - 1))-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
+.PHONY: install-system uninstall-system test-system measure bench
 
 help: ## list the targets
-	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 build: ## build every stage into bin/<stage>
 	@mkdir -p bin
@@ -35,7 +39,7 @@ test: ## gofmt, go vet and every test (the e2e ones under a real systemd)
 diff: ## diff N=3: what stage N adds to stage N-1
 	@test -n "$(STAGE)" && test -n "$(PREV)" || \
 		{ echo "usage: make diff 3   (compares stage 2 and 3; stages: $(STAGES))"; exit 2; }
-	@diff -ru --exclude=README.md $(PREV) $(STAGE); test $$? -le 1
+	@diff -ru --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
 
 run-stage: build ## run-stage 2: install stage 2's units as user units and start them
 	@test -n "$(STAGE)" || { echo "usage: make run-stage 2   (stages: $(STAGES))"; exit 2; }
@@ -46,6 +50,25 @@ stop-stage: ## stop the running stage, remove its units (and a private manager)
 
 status: ## systemctl status of the dice units, and their processes
 	@scripts/run-stage --status
+
+# STAGE=2 on the command line overrides STAGE above; the script takes 2, 02 or the name.
+install-system: ## install-system STAGE=2: hardened system units (DESTDIR, PREFIX)
+	@test -n "$(STAGE)" || { echo "usage: sudo make install-system STAGE=2   (stages: $(STAGES))"; exit 2; }
+	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" GO="$(GO)" scripts/install-system "$(STAGE)"
+
+uninstall-system: ## stop, disable and remove the system units and binary
+	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" scripts/install-system --uninstall
+
+test-system: ## test every stage as system units, in Debian booted by nspawn
+	@scripts/test-system
+
+measure: build ## RSS of every stage and of the blog's Flask app, as a Markdown table
+	@scripts/measure-rss
+
+# BENCH_QUICK=1: a smoke run (< 1 min) whose output goes to a temporary directory.
+BENCH_FLAGS ?= $(if $(BENCH_QUICK),-quick)
+bench: ## cold start, throughput, RSS side by side: docs/bench.md, docs/bench.svg
+	$(GO) run ./internal/bench $(BENCH_FLAGS)
 
 clean: ## remove bin/
 	rm -rf bin

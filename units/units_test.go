@@ -1,12 +1,16 @@
 // Package units holds no code: it is the unit files of every stage, and this test,
-// which checks each of them with systemd's own parser.
+// which checks each of them with systemd's own parser. Next to them, hardening/<stage>/
+// holds each stage's hardening drop-in, which `make install-system` installs with the
+// units (and `make run-stage` does not): the test checks each unit with its drop-in.
 package units
 
 import (
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -27,8 +31,68 @@ func unitFiles(t *testing.T) []string {
 	return units
 }
 
-// TestVerify runs `systemd-analyze verify` on every unit, with ExecStart= pointing
-// at a binary that exists: systemd must have nothing to say about any of them.
+// dropIns are the hardening drop-ins of every stage, as hardening/<stage>/<unit>.d/*.conf.
+func dropIns(t *testing.T) []string {
+	files, err := filepath.Glob("hardening/0*/*.d/*.conf")
+	require.NoError(t, err)
+	return files
+}
+
+// TestDropIns: each stage has a hardening drop-in for each of its services, and
+// every drop-in belongs to a unit of its stage.
+func TestDropIns(t *testing.T) {
+	have := map[string]bool{}
+	for _, f := range dropIns(t) {
+		have[f] = true
+		// hardening/<stage>/<unit>.d/hardening.conf belongs to <stage>/<unit>.
+		stage := filepath.Base(filepath.Dir(filepath.Dir(f)))
+		unit := strings.TrimSuffix(filepath.Base(filepath.Dir(f)), ".d")
+		assert.FileExists(t, filepath.Join(stage, unit), "%s has no unit", f)
+	}
+	for _, f := range unitFiles(t) {
+		if strings.HasSuffix(f, ".service") {
+			dropIn := filepath.Join("hardening", f+".d", "hardening.conf")
+			assert.True(t, have[dropIn], "%s has no hardening drop-in %s", f, dropIn)
+		}
+	}
+}
+
+// installTree copies a stage's units and drop-ins into dir as `make install-system`
+// lays them out in /etc/systemd/system, with ExecStart= rewritten by execStart, and
+// returns the units' paths.
+func installTree(t *testing.T, stage, dir, execStart string) []string {
+	re := regexp.MustCompile(`(?m)^ExecStart=\S+`)
+	var units []string
+	for _, f := range unitFiles(t) {
+		if filepath.Dir(f) != stage {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		b = re.ReplaceAll(b, []byte("ExecStart="+execStart))
+		name := filepath.Join(dir, filepath.Base(f))
+		require.NoError(t, os.WriteFile(name, b, 0o644))
+		units = append(units, name)
+	}
+	hardening := filepath.Join("hardening", stage)
+	err := filepath.WalkDir(hardening, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(hardening, path)
+		require.NoError(t, err)
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, filepath.Dir(rel)), 0o755))
+		return os.WriteFile(filepath.Join(dir, rel), b, 0o644)
+	})
+	require.NoError(t, err)
+	return units
+}
+
+// TestVerify runs `systemd-analyze verify` on every unit, with its hardening drop-in
+// (systemd reads <unit>.d/ next to the unit file) and ExecStart= pointing at a binary
+// that exists: systemd must have nothing to say about any of them.
 func TestVerify(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
@@ -37,22 +101,10 @@ func TestVerify(t *testing.T) {
 		}
 		t.Skip("systemd-analyze is not installed (it comes with systemd)")
 	}
-	execStart := regexp.MustCompile(`(?m)^ExecStart=\S+`)
 	for _, stage := range stages(t) {
 		t.Run(stage, func(t *testing.T) {
 			dir := t.TempDir()
-			var names []string
-			for _, f := range unitFiles(t) {
-				if filepath.Dir(f) != stage {
-					continue
-				}
-				b, err := os.ReadFile(f)
-				require.NoError(t, err)
-				b = execStart.ReplaceAll(b, []byte("ExecStart=/bin/true"))
-				name := filepath.Join(dir, filepath.Base(f))
-				require.NoError(t, os.WriteFile(name, b, 0o644))
-				names = append(names, name)
-			}
+			names := installTree(t, stage, dir, "/bin/true")
 			// A template is verified through an instance of it, as systemd runs it.
 			for i, n := range names {
 				if strings.HasSuffix(n, "@.service") {
@@ -82,10 +134,52 @@ func stages(t *testing.T) []string {
 	return dirs
 }
 
+// TestExposure scores each stage's service, hardened by its drop-in, with
+// `systemd-analyze security --offline=yes --root=`, as installed in
+// <root>/etc/systemd/system. A socket-activated service needs no network of its own
+// and reaches 0.2; stage 01 opens its own port, so it keeps the host's network.
+func TestExposure(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
+			t.Fatal("systemd-analyze is not installed")
+		}
+		t.Skip("systemd-analyze is not installed (it comes with systemd)")
+	}
+	exposure := regexp.MustCompile(`Overall exposure level for \S+: (\d+\.\d+)`)
+	for _, stage := range stages(t) {
+		t.Run(stage, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, "etc", "systemd", "system")
+			require.NoError(t, os.MkdirAll(dir, 0o755))
+			installTree(t, stage, dir, "/usr/local/bin/"+stage)
+			limit := 0.5
+			if stage == "01-always-on" {
+				limit = 2.0
+			}
+			for _, f := range unitFiles(t) {
+				if filepath.Dir(f) != stage || !strings.HasSuffix(f, ".service") {
+					continue
+				}
+				// A template is analyzed through an instance of it.
+				unit := strings.Replace(filepath.Base(f), "@.", "@0.", 1)
+				out, err := exec.Command(analyze, "security", "--offline=yes",
+					"--root="+root, "--no-pager", unit).CombinedOutput()
+				require.NoError(t, err, "%s", out)
+				m := exposure.FindSubmatch(out)
+				require.NotNil(t, m, "no exposure level in:\n%s", out)
+				score, err := strconv.ParseFloat(string(m[1]), 64)
+				require.NoError(t, err)
+				assert.LessOrEqual(t, score, limit, "%s exposure:\n%s", unit, out)
+			}
+		})
+	}
+}
+
 // TestNoInlineComments: systemd has no inline comments. "TimeoutStartSec=1min #
 // exit when idle", the published post's recipe, makes it ignore the whole line.
 func TestNoInlineComments(t *testing.T) {
-	for _, f := range unitFiles(t) {
+	for _, f := range append(unitFiles(t), dropIns(t)...) {
 		b, err := os.ReadFile(f)
 		require.NoError(t, err)
 		for i, line := range strings.Split(string(b), "\n") {
