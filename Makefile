@@ -3,6 +3,9 @@
 
 STAGES := $(sort $(patsubst %/,%,$(wildcard 0[1-9]-*/)))
 GO     ?= go
+# Static, without symbol tables: 1.8 MB less RSS per process than a cgo build, and
+# 0.7-1.8 ms less per exec, which stage 04 pays on every connection (docs/bench.md).
+GOBUILD = CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w'
 # make install-system: the binary goes to $(DESTDIR)$(PREFIX)/bin, the units to
 # $(DESTDIR)/etc/systemd/system.
 PREFIX ?= /usr/local
@@ -28,8 +31,8 @@ help: ## list the targets
 
 build: ## build every stage into bin/<stage>
 	@mkdir -p bin
-	@for s in $(STAGES); do echo "go build -o bin/$$s ./$$s"; \
-		$(GO) build -o bin/$$s ./$$s || exit 1; done
+	@for s in $(STAGES); do echo "$(GOBUILD) -o bin/$$s ./$$s"; \
+		$(GOBUILD) -o bin/$$s ./$$s || exit 1; done
 
 test: ## gofmt, go vet and every test (the e2e ones under a real systemd)
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
@@ -68,7 +71,7 @@ measure: build ## RSS of every stage and of the blog's Flask app, as a Markdown 
 # BENCH_QUICK=1: a smoke run (< 1 min) whose output goes to a temporary directory.
 BENCH_FLAGS ?= $(if $(BENCH_QUICK),-quick)
 bench: ## cold start, throughput, RSS side by side: docs/bench.md, docs/bench.svg
-	$(GO) run ./internal/bench $(BENCH_FLAGS)
+	CGO_ENABLED=0 $(GO) run ./internal/bench -ldflags='-s -w' $(BENCH_FLAGS)
 
 clean: ## remove bin/
 	rm -rf bin
