@@ -346,3 +346,30 @@ func accepted(c net.Conn) bool {
 	}
 	return false
 }
+
+// TestBusyPortFailsTheSocket: when another program holds the port, dice.socket cannot
+// listen. `systemctl start` fails and the socket is `failed (Result: resources)`; the
+// log says "Address already in use". Freeing the port and starting again works.
+func TestBusyPortFailsTheSocket(t *testing.T) {
+	t.Parallel()
+	m := systemdtest.New(t)
+	squatter := stagetest.TCPListener(t)
+	port := squatter.Addr().(*net.TCPAddr).Port
+	m.InstallUnits(t, systemdtest.Install{
+		Stage:  "02-socket-activated",
+		Binary: systemdtest.BuildStage(t, "02-socket-activated"),
+		Port:   port,
+	})
+
+	out, err := m.Systemctl("start", "dice.socket")
+	require.Error(t, err, "starting a socket on a busy port: %s", out)
+	assert.Equal(t, "failed", m.Show(t, "dice.socket", "ActiveState"))
+	assert.Equal(t, "resources", m.Show(t, "dice.socket", "Result"))
+	assert.Contains(t, m.Log(), "Address already in use")
+
+	require.NoError(t, squatter.Close())
+	m.MustSystemctl(t, "reset-failed", "dice.socket")
+	m.MustSystemctl(t, "start", "dice.socket")
+	status, _, _ := stagetest.Roll(t, newConnClient, fmt.Sprintf("http://127.0.0.1:%d", port))
+	assert.Equal(t, http.StatusOK, status)
+}
