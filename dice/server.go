@@ -3,10 +3,12 @@ package dice
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -18,8 +20,8 @@ const (
 	ReadHeaderTimeout = 5 * time.Second
 	// IdleTimeout closes a keep-alive connection that sends no next request.
 	IdleTimeout = 30 * time.Second
-	// ShutdownTimeout is how long requests in flight may take to finish after
-	// SIGTERM; systemd waits 90 s (TimeoutStopSec=) before it kills.
+	// ShutdownTimeout is how long the connections open at a stop may take to get
+	// their answers; systemd waits 90 s (TimeoutStopSec=) before it kills.
 	ShutdownTimeout = 30 * time.Second
 	// MaxHeaderBytes bounds request headers; larger ones get 431.
 	MaxHeaderBytes = 16 << 10
@@ -37,10 +39,18 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// Serve answers on ln until ctx is done, then stops accepting, waits for the
-// requests in flight (at most ShutdownTimeout) and returns nil.
-// Shutdown closes our copy of ln; a socket systemd passed us stays open in systemd.
+// Serve answers on ln until ctx is done, then stops the way socket activation needs:
+// it closes its copy of ln first, so that new connections wait in systemd's copy of
+// the socket (for the next instance, if any); it answers every connection it has
+// already accepted, once each (keep-alives are off from then on); and it returns nil
+// when the last one has closed, or an error after ShutdownTimeout.
+//
+// It does not call http.Server.Shutdown, which closes a connection that was accepted
+// before it but whose request is read after it without an answer (golang/go#75591):
+// when an idle service exits just as a client connects, that client would lose its
+// request. Serve counts connections through srv.ConnState; a hook set before still runs.
 func Serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	open := countConns(srv)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -48,15 +58,53 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	stopCtx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(stopCtx); err != nil {
+	srv.SetKeepAlivesEnabled(false) // This also closes the idle keep-alive connections.
+	ln.Close()
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
 		return err
 	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
+	// srv.Serve has returned: every connection it accepted is counted.
+	for deadline := time.Now().Add(ShutdownTimeout); open.count() > 0; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d connections still open %s after the stop: %w",
+				open.count(), ShutdownTimeout, srv.Close())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
+}
+
+// conns counts the open connections of a server.
+type conns struct {
+	mu sync.Mutex
+	n  int
+}
+
+// countConns counts srv's connections from StateNew to StateClosed or StateHijacked,
+// then calls the ConnState hook srv had, if any.
+func countConns(srv *http.Server) *conns {
+	c := &conns{}
+	next := srv.ConnState
+	srv.ConnState = func(nc net.Conn, state http.ConnState) {
+		c.mu.Lock()
+		switch state {
+		case http.StateNew:
+			c.n++
+		case http.StateClosed, http.StateHijacked:
+			c.n--
+		}
+		c.mu.Unlock()
+		if next != nil {
+			next(nc, state)
+		}
+	}
+	return c
+}
+
+func (c *conns) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
 }
 
 // NewLogger logs to stderr, which systemd hands to the journal. Under systemd

@@ -1,7 +1,9 @@
 package dice
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -39,4 +41,52 @@ func TestServeFinishesRequestsInFlight(t *testing.T) {
 	require.NoError(t, <-served, "Serve returns nil after a graceful stop")
 	_, err = net.DialTimeout("tcp", ln.Addr().String(), time.Second)
 	assert.Error(t, err, "nothing accepts after the stop")
+}
+
+// TestServeAnswersAConnectionAcceptedAsItStops is the race of an idle exit, slowed
+// down: a client connects, the stop comes, and only then does the client send its
+// request. Serve must answer it (http.Server.Shutdown would close the connection
+// without an answer), and accept no other connection meanwhile.
+func TestServeAnswersAConnectionAcceptedAsItStops(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := NewServer(&Handler{Log: log}, log)
+	accepted := make(chan struct{}, 1)
+	srv.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			accepted <- struct{}{}
+		}
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- Serve(ctx, srv, ln) }()
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	<-accepted // The hook set before Serve still runs.
+	stop()
+	require.Eventually(t, func() bool {
+		other, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			other.Close()
+		}
+		return err != nil
+	}, 5*time.Second, 5*time.Millisecond, "the listener is closed")
+
+	_, err = fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	require.NoError(t, err, "the accepted connection gets its answer")
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.True(t, resp.Close, "and is closed after it: keep-alives are off")
+	select {
+	case err := <-served:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after the last connection closed")
+	}
 }
