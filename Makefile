@@ -71,6 +71,7 @@ measure: build ## RSS of every stage and of the blog's Flask app, as a Markdown 
 # BENCH_QUICK=1: a smoke run (< 1 min) whose output goes to a temporary directory.
 BENCH_FLAGS ?= $(if $(BENCH_QUICK),-quick)
 bench: ## cold start, throughput, RSS side by side: docs/bench.md, docs/bench.svg
+	@scripts/need-flask
 	CGO_ENABLED=0 $(GO) run ./internal/bench -ldflags='-s -w' $(BENCH_FLAGS)
 
 clean: ## remove bin/
