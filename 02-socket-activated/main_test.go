@@ -125,13 +125,6 @@ func TestSystemdSocketActivate(t *testing.T) {
 // The tests below run units/02-socket-activated under a real systemd user manager
 // of their own (package systemdtest), on a free port instead of 8080.
 
-// newConnClient opens a new connection for every request, and gives up on a
-// service that never answers instead of hanging the test.
-var newConnClient = &http.Client{
-	Timeout:   30 * time.Second,
-	Transport: &http.Transport{DisableKeepAlives: true},
-}
-
 // startSocket installs the stage's units with the stage built from this directory and
 // its flags args, starts dice.socket and returns the manager, the binary (its path is
 // unique to the test) and the address systemd listens on.
@@ -164,7 +157,7 @@ func TestFirstConnectionStartsTheService(t *testing.T) {
 	assert.Empty(t, running(binary), "a dice process before the first connection")
 
 	base := "http://" + addr
-	status, pid, a := stagetest.Roll(t, newConnClient, base)
+	status, pid, a := stagetest.Roll(t, stagetest.NewConn, base)
 	require.Equal(t, http.StatusOK, status)
 	assert.GreaterOrEqual(t, a.Result, 1)
 	assert.LessOrEqual(t, a.Result, 6)
@@ -174,12 +167,12 @@ func TestFirstConnectionStartsTheService(t *testing.T) {
 	assert.Equal(t, "running", m.Show(t, "dice.socket", "SubState"))
 
 	for i := range 5 {
-		status, answeredBy, _ := stagetest.Roll(t, newConnClient, base)
+		status, answeredBy, _ := stagetest.Roll(t, stagetest.NewConn, base)
 		assert.Equal(t, http.StatusOK, status, "roll %d", i)
 		assert.Equal(t, pid, answeredBy, "roll %d, on a new connection", i)
 	}
 	t.Run("bad requests", func(t *testing.T) { stagetest.SendBadRequests(t, base) })
-	status, answeredBy, _ := stagetest.Roll(t, newConnClient, base)
+	status, answeredBy, _ := stagetest.Roll(t, stagetest.NewConn, base)
 	assert.Equal(t, http.StatusOK, status)
 	assert.Equal(t, pid, answeredBy, "the process that got the bad requests still serves")
 	assert.Equal(t, pid, m.MainPID(t, "dice.service"))
@@ -197,7 +190,7 @@ func TestKilledServiceLosesNoConnection(t *testing.T) {
 	t.Parallel()
 	m, binary, addr := startSocket(t)
 	base := "http://" + addr
-	status, first, _ := stagetest.Roll(t, newConnClient, base)
+	status, first, _ := stagetest.Roll(t, stagetest.NewConn, base)
 	require.Equal(t, http.StatusOK, status)
 
 	require.NoError(t, syscall.Kill(first, syscall.SIGKILL))
@@ -207,7 +200,7 @@ func TestKilledServiceLosesNoConnection(t *testing.T) {
 	assert.Empty(t, running(binary), "no dice process after the kill")
 	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
 	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
-	status, second, _ := stagetest.Roll(t, newConnClient, base)
+	status, second, _ := stagetest.Roll(t, stagetest.NewConn, base)
 	require.Equal(t, http.StatusOK, status, "the next connection starts the service again")
 	assert.NotEqual(t, first, second)
 	assert.Equal(t, second, m.MainPID(t, "dice.service"))
@@ -370,6 +363,6 @@ func TestBusyPortFailsTheSocket(t *testing.T) {
 	require.NoError(t, squatter.Close())
 	m.MustSystemctl(t, "reset-failed", "dice.socket")
 	m.MustSystemctl(t, "start", "dice.socket")
-	status, _, _ := stagetest.Roll(t, newConnClient, fmt.Sprintf("http://127.0.0.1:%d", port))
+	status, _, _ := stagetest.Roll(t, stagetest.NewConn, fmt.Sprintf("http://127.0.0.1:%d", port))
 	assert.Equal(t, http.StatusOK, status)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -110,33 +109,6 @@ func startStage(t *testing.T, edit func(name, content string) string,
 	return m, fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
-// oneShot is a client that opens a new connection for every request and closes it
-// after the answer, as curl does: each request counts for the idle timer on its own.
-func oneShot() *http.Client {
-	return &http.Client{
-		Transport: &http.Transport{DisableKeepAlives: true},
-		Timeout:   15 * time.Second,
-	}
-}
-
-// roll is one GET /roll; it fails on anything but a 200 with a Dice-Pid. Unlike
-// stagetest.Roll it does not fail the test, so a spawned goroutine may call it.
-func roll(client *http.Client, base string) (pid int, err error) {
-	resp, err := client.Get(base + "/roll")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var a dice.Answer
-	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
-		return 0, fmt.Errorf("status %d, body: %w", resp.StatusCode, err)
-	}
-	if resp.StatusCode != http.StatusOK || a.Result < 1 || a.Result > 6 {
-		return 0, fmt.Errorf("status %d, result %d", resp.StatusCode, a.Result)
-	}
-	return strconv.Atoi(resp.Header.Get("Dice-Pid"))
-}
-
 // timestamp is a timestamp property of unit, such as ExecMainExitTimestamp, to the
 // microsecond.
 func timestamp(t *testing.T, m *systemdtest.Manager, unit, prop string) time.Time {
@@ -192,7 +164,7 @@ func TestIdleExitUnderSystemd(t *testing.T) {
 	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
 	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
 
-	next, err := roll(oneShot(), base)
+	next, err := stagetest.TryRoll(stagetest.NewConn, base)
 	require.NoError(t, err, "the next connection starts the service again")
 	assert.NotEqual(t, pid, next, "a new process answers")
 }
@@ -204,7 +176,7 @@ func TestIdleExitUnderSystemd(t *testing.T) {
 // (or, while an instance runs, running) state.
 func TestChurnReactivatesWithoutLoss(t *testing.T) {
 	m, base := startStage(t, nil, "-idle", "200ms")
-	client := oneShot()
+	client := stagetest.NewConn
 	pids := map[int]bool{}
 	socketStates := map[string]int{}
 	var failed []error
@@ -212,7 +184,7 @@ func TestChurnReactivatesWithoutLoss(t *testing.T) {
 	start := time.Now()
 	for time.Since(start) < 15*time.Second && len(pids) < 40 {
 		requests++
-		pid, err := roll(client, base)
+		pid, err := stagetest.TryRoll(client, base)
 		if err != nil {
 			failed = append(failed, err)
 		} else {
@@ -245,7 +217,7 @@ func TestChurnReactivatesWithoutLoss(t *testing.T) {
 func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
 	m, base := startStage(t, nil, "-idle", "100ms")
 	const clients = 16
-	client := oneShot()
+	client := stagetest.NewConn
 	var failed []error
 	straddled, early, late := 0, 0, 0
 	processes := map[int]bool{}
@@ -273,7 +245,7 @@ func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-fire
-				pids[i], errs[i] = roll(client, base)
+				pids[i], errs[i] = stagetest.TryRoll(client, base)
 			}()
 		}
 		time.Sleep(time.Until(closed.Add(aim)))
@@ -409,13 +381,13 @@ func TestDefaultStartLimitFailsTheSocket(t *testing.T) {
 	require.Equal(t, "5", m.Show(t, "dice.service", "StartLimitBurst"), "the default")
 	require.Equal(t, "10s", m.Show(t, "dice.service", "StartLimitIntervalUSec"), "the default")
 
-	client := oneShot()
+	client := stagetest.NewConn
 	pids := map[int]bool{}
 	var failed []error
 	start := time.Now()
 	for time.Since(start) < 15*time.Second &&
 		m.Show(t, "dice.socket", "ActiveState") != "failed" {
-		pid, err := roll(client, base)
+		pid, err := stagetest.TryRoll(client, base)
 		if err != nil {
 			failed = append(failed, err)
 		} else {
@@ -431,7 +403,7 @@ func TestDefaultStartLimitFailsTheSocket(t *testing.T) {
 	assert.Equal(t, "start-limit-hit", m.Show(t, "dice.service", "Result"))
 	assert.Len(t, pids, 5, "5 starts were allowed, the 6th was not")
 	assert.NotEmpty(t, failed, "the connection that asked for the 6th start was dropped")
-	_, err := roll(client, base)
+	_, err := stagetest.TryRoll(client, base)
 	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "nothing listens any more")
 }
 
@@ -439,9 +411,9 @@ func TestDefaultStartLimitFailsTheSocket(t *testing.T) {
 // STATUS=): `systemctl --user status dice.service` shows how many rolls it served.
 func TestStatusLine(t *testing.T) {
 	m, base := startStage(t, nil) // The unit's own -idle 30s.
-	client := oneShot()
+	client := stagetest.NewConn
 	for range 3 {
-		_, err := roll(client, base)
+		_, err := stagetest.TryRoll(client, base)
 		require.NoError(t, err)
 	}
 	const want = "served 3 rolls; 0 connections open; exits after 30s idle"
@@ -456,10 +428,10 @@ func TestStatusLine(t *testing.T) {
 func TestBadRequestsUnderSystemd(t *testing.T) {
 	m, base := startStage(t, nil) // The unit's own -idle 30s.
 	defer http.DefaultClient.CloseIdleConnections()
-	pid, err := roll(oneShot(), base)
+	pid, err := stagetest.TryRoll(stagetest.NewConn, base)
 	require.NoError(t, err)
 	stagetest.SendBadRequests(t, base)
-	after, err := roll(oneShot(), base)
+	after, err := stagetest.TryRoll(stagetest.NewConn, base)
 	require.NoError(t, err)
 	assert.Equal(t, pid, after, "bad requests did not end the service")
 	assert.Equal(t, pid, m.MainPID(t, "dice.service"))

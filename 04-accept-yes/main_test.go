@@ -139,14 +139,6 @@ func jsonDecode(resp *http.Response, v any) error {
 // The tests below run the stage under a real systemd user manager of their own, with
 // units/04-accept-yes (dice.socket with Accept=yes, dice@.service) on a free port.
 
-// oneShot makes every request on a new connection, which is a new dice@ instance. The
-// timeout is generous: during a flood beyond MaxConnections, an accepted connection
-// waits for the flood to end (see TestUnderSystemdSurvivesAFlood).
-var oneShot = &http.Client{
-	Timeout:   30 * time.Second,
-	Transport: &http.Transport{DisableKeepAlives: true},
-}
-
 // startSocket starts dice.socket under a private systemd user manager, its units
 // rewritten by edit if it is not nil, and returns the manager and the address.
 func startSocket(t *testing.T, edit func(name, content string) string) (
@@ -254,29 +246,13 @@ func flood(addr string, clients int, d time.Duration, stop <-chan struct{}) floo
 					return
 				default:
 				}
-				count(rollOnce(addr))
+				count(tryRoll(addr))
 			}
 		}()
 	}
 	wg.Wait()
 	res.elapsed = time.Since(start)
 	return res
-}
-
-// rollOnce is one GET /roll on a new connection, to be answered 200 with a Dice-Pid.
-func rollOnce(addr string) error {
-	resp, err := oneShot.Get("http://" + addr + "/roll")
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK || resp.Header.Get("Dice-Pid") == "" {
-		return fmt.Errorf("status %d, Dice-Pid %q", resp.StatusCode, resp.Header.Get("Dice-Pid"))
-	}
-	return nil
 }
 
 // TestUnderSystemdOneProcessPerConnection proves the inetd model under a real
@@ -289,7 +265,7 @@ func TestUnderSystemdOneProcessPerConnection(t *testing.T) {
 
 	pids := map[int]bool{}
 	for range 5 {
-		status, pid, _ := stagetest.Roll(t, oneShot, "http://"+addr)
+		status, pid, _ := stagetest.Roll(t, stagetest.NewConn, "http://"+addr)
 		assert.Equal(t, http.StatusOK, status)
 		pids[pid] = true
 	}
@@ -429,7 +405,7 @@ func TestUnderSystemdMaxConnections(t *testing.T) {
 	assertAllGone(t, m, 2*time.Second)
 
 	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
-	status, _, _ := stagetest.Roll(t, oneShot, "http://"+addr)
+	status, _, _ := stagetest.Roll(t, stagetest.NewConn, "http://"+addr)
 	assert.Equal(t, http.StatusOK, status)
 }
 
@@ -507,6 +483,12 @@ func TestUnderSystemdDefaultTriggerLimitFails(t *testing.T) {
 	time.Sleep(time.Until(failed.Add(2*time.Second + 500*time.Millisecond)))
 	m.MustSystemctl(t, "restart", "dice.socket")
 	m.WaitProp(t, "dice.socket", "SubState", "listening", 10*time.Second)
-	status, _, _ := stagetest.Roll(t, oneShot, "http://"+addr)
+	status, _, _ := stagetest.Roll(t, stagetest.NewConn, "http://"+addr)
 	assert.Equal(t, http.StatusOK, status)
+}
+
+// tryRoll is one GET /roll on a new connection, a new dice@ instance.
+func tryRoll(addr string) error {
+	_, err := stagetest.TryRoll(stagetest.NewConn, "http://"+addr)
+	return err
 }

@@ -10,6 +10,7 @@ package stagetest
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -77,6 +78,14 @@ func Exit(t testing.TB, cmd *exec.Cmd) (int, string) {
 	return 0, out.String()
 }
 
+// NewConn is a client that opens a new connection for every request and closes it
+// after the answer, as curl does. Its timeout is generous: a test that floods a
+// service waits for answers rather than failing on a slow one.
+var NewConn = &http.Client{
+	Timeout:   30 * time.Second,
+	Transport: &http.Transport{DisableKeepAlives: true},
+}
+
 // Roll is one GET /roll through client, with its status, Dice-Pid and answer.
 func Roll(t testing.TB, client *http.Client, base string) (status, pid int, a dice.Answer) {
 	t.Helper()
@@ -89,6 +98,25 @@ func Roll(t testing.TB, client *http.Client, base string) (status, pid int, a di
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&a))
 	}
 	return resp.StatusCode, pid, a
+}
+
+// TryRoll is one GET /roll that must be answered 200 with a result from 1 to 6 and a
+// Dice-Pid, which it returns. Unlike Roll it does not fail the test, so a spawned
+// goroutine may call it.
+func TryRoll(client *http.Client, base string) (pid int, err error) {
+	resp, err := client.Get(base + "/roll")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var a dice.Answer
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+		return 0, fmt.Errorf("status %d, body: %w", resp.StatusCode, err)
+	}
+	if resp.StatusCode != http.StatusOK || a.Result < 1 || a.Result > 6 {
+		return 0, fmt.Errorf("status %d, result %d", resp.StatusCode, a.Result)
+	}
+	return strconv.Atoi(resp.Header.Get("Dice-Pid"))
 }
 
 // File returns the socket behind a net.Listener, net.Conn or net.PacketConn as an
