@@ -6,7 +6,8 @@
 // /run/systemd/system, fresh runtime and config directories, and a cgroup of its own.
 // `systemctl --user` reaches it from outside through its XDG_RUNTIME_DIR (see
 // Manager.Env). Tests never use the reader's own session manager, so they cannot leave
-// units or processes there.
+// units or processes there. What happens inside the namespace is the business of
+// scripts/user-manager (its `_namespace` subcommand), the same as for `make run-stage`.
 //
 // There is no journald in the private manager. Services write to the manager's
 // stdout and stderr (DefaultStandardOutput=inherit), and the manager's own messages
@@ -58,49 +59,10 @@ DefaultStandardError=inherit
 DefaultTimeoutStopSec=10s
 `
 
-// namespaceScript runs inside the new mount namespace, as root or as root of a new
-// user namespace, and becomes the manager. $1 is the state directory, $2 the systemd
-// binary.
-const namespaceScript = `set -eu
-state=$1
-# systemd takes the cgroup it starts in as the root of its tree and moves every
-# process of that tree into its init.scope, so it gets a fresh cgroup of its own.
-while IFS=: read -r _ controller path; do
-	case $controller in
-	name=systemd) base=/sys/fs/cgroup/systemd ;;
-	"") base=/sys/fs/cgroup
-		if [ -e /sys/fs/cgroup/unified/cgroup.procs ]; then base=/sys/fs/cgroup/unified; fi ;;
-	*) continue ;;
-	esac
-	dir=$base${path%/}/socket-dice-$$
-	echo "$dir" >>"$state/cgroups"
-	mkdir "$dir"
-	echo $$ >"$dir/cgroup.procs"
-done </proc/self/cgroup
-# Without journald, systemd --user logs to /dev/kmsg: a FIFO read by the test.
-if mount --bind "$state/kmsg" /dev/kmsg 2>/dev/null; then
-	export SYSTEMD_LOG_TARGET=kmsg
-else
-	echo "systemdtest: cannot replace /dev/kmsg; the manager's own messages are lost" >&2
-	export SYSTEMD_LOG_TARGET=null
-fi
-# systemd refuses --user unless /run/systemd/system exists; the tmpfs also hides the
-# host's journal and notify sockets.
-mkdir -p /run/systemd
-mount -t tmpfs -o mode=0755 tmpfs /run/systemd
-mkdir /run/systemd/system
-# ProtectHome=, InaccessiblePaths= and the like mount the manager's "inaccessible" nodes
-# over what they hide; systemd makes them in its runtime directory, but looks here.
-ln -s "$state/runtime/systemd/inaccessible" /run/systemd/inaccessible
-export XDG_RUNTIME_DIR="$state/runtime" XDG_CONFIG_HOME="$state/config"
-export XDG_DATA_HOME="$state/data" XDG_STATE_HOME="$state/data/state"
-exec "$2" --user
-`
-
 // Manager is a private systemd user manager that lives as long as one test.
 type Manager struct {
-	state   string        // the state directory: runtime/, config/, data/, log, cgroups
-	cmd     *exec.Cmd     // the manager: unshare, then sh, then systemd, one pid
+	state   string        // runtime/, config/, data/, manager.log, manager.pid, cgroups, kmsg
+	cmd     *exec.Cmd     // the manager: unshare, then bash, then systemd, one pid
 	exited  chan struct{} // closed when the manager process has been reaped
 	kmsg    *os.File      // our end of the /dev/kmsg FIFO
 	copied  chan struct{} // closed when the kmsg copier is done
@@ -124,7 +86,8 @@ func New(t testing.TB) *Manager {
 	require.NoError(t, err)
 	m := &Manager{state: state, exited: make(chan struct{}), copied: make(chan struct{})}
 	t.Cleanup(func() { m.cleanup(t) })
-	if err := m.start(launcher); err != nil {
+	script := filepath.Join(ModuleRoot(t), "scripts", "user-manager")
+	if err := m.start(launcher, script); err != nil {
 		unavailable(t, "%v", err)
 	}
 	return m
@@ -216,15 +179,15 @@ func (m *Manager) WaitProp(t testing.TB, unit, prop, want string, timeout time.D
 
 // Log is everything the services and the manager have written so far.
 func (m *Manager) Log() string {
-	data, err := os.ReadFile(filepath.Join(m.state, "log"))
+	data, err := os.ReadFile(filepath.Join(m.state, "manager.log"))
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
 	}
 	return string(data)
 }
 
-// launcher is how to start the namespace script: the command that precedes
-// `sh -c namespaceScript`.
+// launcher is how to start the namespace: the command that precedes
+// `bash scripts/user-manager _namespace STATE SYSTEMD`.
 type launcher []string
 
 // preflight finds out how to start a private manager here, or why it cannot be done.
@@ -235,7 +198,7 @@ func preflight() (launcher, string) {
 	if systemdBinary() == "" {
 		return nil, "no systemd binary at /usr/lib/systemd/systemd or /lib/systemd/systemd"
 	}
-	for _, tool := range []string{"systemctl", "unshare", "mount", "sh"} {
+	for _, tool := range []string{"systemctl", "unshare", "mount", "bash"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Sprintf("%s not found: %v", tool, err)
 		}
@@ -250,9 +213,11 @@ func preflight() (launcher, string) {
 		}
 		// In the reader's own session a transient scope with Delegate=yes gives the
 		// private manager a cgroup it may write to; the scope is gone with the manager.
+		// systemd-run finds that session's manager through XDG_RUNTIME_DIR.
 		if own := ownRuntimeDir(); own != "" {
 			if _, err := exec.LookPath("systemd-run"); err == nil {
-				scope := launcher{"env", "XDG_RUNTIME_DIR=" + own, "systemd-run", "--user",
+				scope := launcher{"env", "-u", "DBUS_SESSION_BUS_ADDRESS",
+					"XDG_RUNTIME_DIR=" + own, "systemd-run", "--user",
 					"--scope", "--quiet", "--collect", "-p", "Delegate=yes",
 					"--description=socket-dice test systemd", "--"}
 				return append(scope, unshare...), ""
@@ -343,8 +308,9 @@ func cgroupDirs() []string {
 	return dirs
 }
 
-// start launches the manager and waits until it answers.
-func (m *Manager) start(l launcher) error {
+// start launches the manager with l and the namespace side of script, and waits until
+// it answers.
+func (m *Manager) start(l launcher, script string) error {
 	for _, dir := range []string{"runtime", "config/systemd/user", "data"} {
 		if err := os.MkdirAll(filepath.Join(m.state, dir), 0o700); err != nil {
 			return err
@@ -354,7 +320,7 @@ func (m *Manager) start(l launcher) error {
 	if err := os.WriteFile(conf, []byte(userConf), 0o644); err != nil {
 		return err
 	}
-	logFile, err := os.OpenFile(filepath.Join(m.state, "log"),
+	logFile, err := os.OpenFile(filepath.Join(m.state, "manager.log"),
 		os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -364,10 +330,11 @@ func (m *Manager) start(l launcher) error {
 		return err
 	}
 
-	args := append(append([]string{}, l...), "sh", "-c", namespaceScript, "sh", m.state,
+	// The script finds the FIFO made by readKmsg and leaves the reading to us. It drops
+	// what belongs to the caller's own session from the environment the units inherit.
+	args := append(append([]string{}, l...), "bash", script, "_namespace", m.state,
 		systemdBinary())
 	m.cmd = exec.Command(args[0], args[1:]...)
-	m.cmd.Env = managerEnv()
 	m.cmd.Stdout, m.cmd.Stderr = logFile, logFile
 	// If the test binary dies without its cleanups (a panic, a timeout), SIGTERM makes
 	// the manager stop its units and exit; its cgroups and directories stay behind.
@@ -380,10 +347,6 @@ func (m *Manager) start(l launcher) error {
 		_ = m.cmd.Wait()
 		close(m.exited)
 	}()
-	pid := []byte(strconv.Itoa(m.Pid()))
-	if err := os.WriteFile(filepath.Join(m.state, "pid"), pid, 0o644); err != nil {
-		return err
-	}
 
 	deadline := time.Now().Add(startTimeout)
 	for {
@@ -404,23 +367,6 @@ func (m *Manager) start(l launcher) error {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-}
-
-// managerEnv is the manager's environment: the caller's, without what belongs to
-// the caller's own session or service manager. Units inherit it.
-func managerEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		switch name {
-		case "DBUS_SESSION_BUS_ADDRESS", "NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS",
-			"LISTEN_FDNAMES", "JOURNAL_STREAM", "INVOCATION_ID", "MANAGERPID",
-			"SYSTEMD_EXEC_PID", "WATCHDOG_PID", "WATCHDOG_USEC", "XDG_SESSION_ID":
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
 }
 
 // readKmsg creates the FIFO that stands in for /dev/kmsg and copies what the manager
@@ -546,7 +492,7 @@ func (m *Manager) stop(t testing.TB) {
 func removeCgroups(state string) (killed []string, err error) {
 	data, _ := os.ReadFile(filepath.Join(state, "cgroups"))
 	for _, root := range strings.Fields(string(data)) {
-		// Only a cgroup the namespace script made: killing all in another could be fatal.
+		// Only a cgroup scripts/user-manager made: killing all in another could be fatal.
 		if !strings.HasPrefix(filepath.Base(root), "socket-dice-") ||
 			!strings.HasPrefix(root, "/sys/fs/cgroup/") {
 			err = errors.Join(err, fmt.Errorf("not a cgroup of a private manager: %s", root))
@@ -575,7 +521,7 @@ func removeCgroups(state string) (killed []string, err error) {
 func collectStale() {
 	states, _ := filepath.Glob(filepath.Join(os.TempDir(), "dice-sd-*"))
 	for _, state := range states {
-		data, err := os.ReadFile(filepath.Join(state, "pid"))
+		data, err := os.ReadFile(filepath.Join(state, "manager.pid"))
 		if err != nil {
 			continue
 		}
