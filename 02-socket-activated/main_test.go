@@ -101,8 +101,8 @@ func TestActivatedByHand(t *testing.T) {
 // TestSystemdSocketActivate is the no-units quick path from the README:
 // systemd-socket-activate listens, and execs the stage on the first connection.
 func TestSystemdSocketActivate(t *testing.T) {
-	ssa := stagetest.Need(t, "systemd-socket-activate")
-	port := stagetest.FreePort(t)
+	ssa := systemdtest.Need(t, "systemd-socket-activate")
+	port := systemdtest.FreePort(t)
 	cmd := exec.Command(ssa, "-l", fmt.Sprintf("127.0.0.1:%d", port),
 		"-E", "DICE_RUN_MAIN=1", os.Args[0])
 	require.NoError(t, cmd.Start())

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -67,16 +65,8 @@ func TestServesOneConnection(t *testing.T) {
 	exited := stagetest.Start(t, cmd)
 	require.NoError(t, server.Close(), "the stage has its own copy")
 
-	r := bufio.NewReader(client)
-	for i := range 10 {
-		_, err := fmt.Fprintf(client, "GET /roll?count=%d HTTP/1.1\r\nHost: dice\r\n\r\n", i+1)
-		require.NoError(t, err)
-		resp, err := http.ReadResponse(r, nil)
-		require.NoError(t, err, "request %d", i)
-		var a dice.Answer
-		require.NoError(t, jsonDecode(resp, &a))
-		assert.Len(t, a.Rolls, i+1)
-		assert.Equal(t, strconv.Itoa(cmd.Process.Pid), resp.Header.Get("Dice-Pid"))
+	for _, pid := range stagetest.KeepAliveRolls(t, client, 10) {
+		assert.Equal(t, strconv.Itoa(cmd.Process.Pid), pid)
 	}
 	require.NoError(t, client.Close())
 	select {
@@ -109,8 +99,8 @@ func TestSilentClientCannotHoldAProcess(t *testing.T) {
 // TestSystemdSocketActivateAccept is the no-units quick path from the README:
 // systemd-socket-activate --accept starts the stage once per connection.
 func TestSystemdSocketActivateAccept(t *testing.T) {
-	ssa := stagetest.Need(t, "systemd-socket-activate")
-	addr := fmt.Sprintf("127.0.0.1:%d", stagetest.FreePort(t))
+	ssa := systemdtest.Need(t, "systemd-socket-activate")
+	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
 	cmd := exec.Command(ssa, "--accept", "-l", addr, "-E", "DICE_RUN_MAIN=1", os.Args[0])
 	stagetest.Start(t, cmd)
 	require.Eventually(t, func() bool {
@@ -129,11 +119,6 @@ func TestSystemdSocketActivateAccept(t *testing.T) {
 		pids[pid] = true
 	}
 	assert.Len(t, pids, 3, "one process per connection")
-}
-
-func jsonDecode(resp *http.Response, v any) error {
-	defer resp.Body.Close()
-	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // The tests below run the stage under a real systemd user manager of their own, with
@@ -275,18 +260,9 @@ func TestUnderSystemdOneProcessPerConnection(t *testing.T) {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	require.NoError(t, err)
 	defer c.Close()
-	r := bufio.NewReader(c)
 	keptAlive := map[string]bool{}
-	for i := range 10 {
-		require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
-		_, err := fmt.Fprintf(c, "GET /roll?count=%d HTTP/1.1\r\nHost: dice\r\n\r\n", i+1)
-		require.NoError(t, err)
-		resp, err := http.ReadResponse(r, nil)
-		require.NoError(t, err, "request %d on the kept-alive connection", i)
-		var a dice.Answer
-		require.NoError(t, jsonDecode(resp, &a))
-		assert.Len(t, a.Rolls, i+1)
-		keptAlive[resp.Header.Get("Dice-Pid")] = true
+	for _, pid := range stagetest.KeepAliveRolls(t, c, 10) {
+		keptAlive[pid] = true
 	}
 	require.Len(t, keptAlive, 1, "10 requests on one connection, one process")
 	pid, err := strconv.Atoi(slices.Collect(maps.Keys(keptAlive))[0])

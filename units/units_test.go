@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"example.com/socket-dice/internal/systemdtest"
 )
 
 func unitFiles(t *testing.T) []string {
@@ -94,13 +96,7 @@ func installTree(t *testing.T, stage, dir, execStart string) []string {
 // (systemd reads <unit>.d/ next to the unit file) and ExecStart= pointing at a binary
 // that exists: systemd must have nothing to say about any of them.
 func TestVerify(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
-			t.Fatal("systemd-analyze is not installed")
-		}
-		t.Skip("systemd-analyze is not installed (it comes with systemd)")
-	}
+	analyze := systemdtest.Need(t, "systemd-analyze")
 	for _, stage := range stages(t) {
 		t.Run(stage, func(t *testing.T) {
 			dir := t.TempDir()
@@ -139,13 +135,7 @@ func stages(t *testing.T) []string {
 // <root>/etc/systemd/system. A socket-activated service needs no network of its own
 // and reaches 0.2; stage 01 opens its own port, so it keeps the host's network.
 func TestExposure(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
-			t.Fatal("systemd-analyze is not installed")
-		}
-		t.Skip("systemd-analyze is not installed (it comes with systemd)")
-	}
+	analyze := systemdtest.Need(t, "systemd-analyze")
 	exposure := regexp.MustCompile(`Overall exposure level for \S+: (\d+\.\d+)`)
 	for _, stage := range stages(t) {
 		t.Run(stage, func(t *testing.T) {
@@ -193,10 +183,7 @@ func TestNoInlineComments(t *testing.T) {
 // TestRecipeIsIgnored shows, with systemd's own parser, why the post's one-line
 // idle recipe does nothing.
 func TestRecipeIsIgnored(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze is not installed (it comes with systemd)")
-	}
+	analyze := systemdtest.Need(t, "systemd-analyze")
 	f := filepath.Join(t.TempDir(), "dice.service")
 	require.NoError(t, os.WriteFile(f, []byte("[Service]\nExecStart=/bin/true\n"+
 		"TimeoutStartSec=1min # exit when idle\n"), 0o644))

@@ -8,6 +8,7 @@
 package stagetest
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -161,30 +162,6 @@ func UDPConn(t testing.TB) *net.UDPConn {
 	return c
 }
 
-// FreePort is a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	ln := TCPListener(t)
-	port := ln.Addr().(*net.TCPAddr).Port
-	require.NoError(t, ln.Close())
-	return port
-}
-
-// Need returns the path of a program the test cannot do without. When it is
-// missing the test is skipped, or fails where DICE_REQUIRE_SYSTEMD=1 (CI).
-func Need(t testing.TB, program string) string {
-	t.Helper()
-	path, err := exec.LookPath(program)
-	if err != nil {
-		msg := program + " is not installed (it comes with systemd)"
-		if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return path
-}
-
 // Start starts cmd and reports its exit (nil for status 0). The test kills it at
 // the end if it is still running.
 func Start(t testing.TB, cmd *exec.Cmd) <-chan error {
@@ -262,4 +239,27 @@ func SendBadRequests(t *testing.T, base string) {
 			}
 		})
 	}
+}
+
+// KeepAliveRolls sends n requests one after another over the one connection c,
+// GET /roll?count=1, 2, ..., n, checks that each is answered with that many rolls,
+// and returns the Dice-Pid of every answer.
+func KeepAliveRolls(t testing.TB, c net.Conn, n int) []string {
+	t.Helper()
+	r := bufio.NewReader(c)
+	pids := make([]string, 0, n)
+	for i := range n {
+		require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+		_, err := fmt.Fprintf(c, "GET /roll?count=%d HTTP/1.1\r\nHost: dice\r\n\r\n", i+1)
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(r, nil)
+		require.NoError(t, err, "request %d on the kept-alive connection", i)
+		var a dice.Answer
+		err = json.NewDecoder(resp.Body).Decode(&a)
+		resp.Body.Close()
+		require.NoError(t, err, "request %d", i)
+		assert.Len(t, a.Rolls, i+1)
+		pids = append(pids, resp.Header.Get("Dice-Pid"))
+	}
+	return pids
 }

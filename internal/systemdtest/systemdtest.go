@@ -241,7 +241,23 @@ func preflight() (launcher, string) {
 // DICE_REQUIRE_SYSTEMD=1.
 func unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := "no real systemd user manager: " + fmt.Sprintf(format, args...)
+	skipOrFail(t, "no real systemd user manager: "+fmt.Sprintf(format, args...))
+}
+
+// Need returns the path of a systemd tool the test cannot do without, such as
+// systemd-analyze or systemd-socket-activate. When it is missing the test is
+// skipped, or fails where DICE_REQUIRE_SYSTEMD=1 (CI).
+func Need(t testing.TB, program string) string {
+	t.Helper()
+	path, err := exec.LookPath(program)
+	if err != nil {
+		skipOrFail(t, program+" is not installed (it comes with systemd)")
+	}
+	return path
+}
+
+func skipOrFail(t testing.TB, msg string) {
+	t.Helper()
 	if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
 		t.Fatal(msg + "\n(failing, not skipping, because DICE_REQUIRE_SYSTEMD=1)")
 	} else {
