@@ -10,25 +10,22 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"example.com/socket-dice/dice"
 )
 
-var addr = flag.String("addr", "127.0.0.1:8080", "address to listen on")
-
 func main() {
-	delay := flag.Duration("delay", 0, "hold each answer this long (to watch a graceful stop)")
+	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
 	flag.Parse()
 	log := dice.NewLogger()
-	if err := run(*delay, log); err != nil {
+	if err := run(*addr, log); err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(delay time.Duration, log *slog.Logger) error {
-	ln, err := listener()
+func run(addr string, log *slog.Logger) error {
+	ln, err := listener(addr)
 	if err != nil {
 		return err
 	}
@@ -36,12 +33,12 @@ func run(delay time.Duration, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log.Info("serving", "addr", ln.Addr().String(), "pid", os.Getpid())
-	return serve(ctx, ln, &dice.Handler{Log: log, Delay: delay}, log)
+	return serve(ctx, ln, &dice.Handler{Log: log}, log)
 }
 
 // listener opens the port itself: this process holds it, and its memory, until it exits.
-func listener() (net.Listener, error) {
-	return net.Listen("tcp", *addr)
+func listener(addr string) (net.Listener, error) {
+	return net.Listen("tcp", addr)
 }
 
 // serve answers rolls on ln until ctx is done, then stops accepting and lets the

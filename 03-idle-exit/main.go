@@ -16,23 +16,19 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"example.com/socket-dice/dice"
-	"example.com/socket-dice/internal/activated"
-	"example.com/socket-dice/internal/idle"
 )
 
-var idleTime = flag.Duration("idle", 30*time.Second, "exit after this long with no connection")
-
 func main() {
-	delay := flag.Duration("delay", 0, "hold each answer this long (to watch a graceful stop)")
+	idle := flag.Duration("idle", 30*time.Second, "exit after this long with no connection")
 	flag.Parse()
 	log := dice.NewLogger()
-	if err := run(*delay, log); err != nil {
+	if err := run(*idle, log); err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(delay time.Duration, log *slog.Logger) error {
+func run(idle time.Duration, log *slog.Logger) error {
 	ln, err := listener()
 	if err != nil {
 		return err
@@ -41,35 +37,42 @@ func run(delay time.Duration, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log.Info("serving", "addr", ln.Addr().String(), "pid", os.Getpid())
-	return serve(ctx, ln, &dice.Handler{Log: log, Delay: delay}, log)
+	return serve(ctx, ln, &dice.Handler{Log: log}, log, idle)
 }
 
 // listener takes the port systemd opened (dice.socket) as fd 3.
 func listener() (net.Listener, error) {
-	// systemd set LISTEN_FDS=1 and LISTEN_PID=<our pid>; CheckEnv explains if it did not.
-	if err := activated.CheckEnv("-l 127.0.0.1:8080"); err != nil {
+	// systemd sets LISTEN_FDS=1 and LISTEN_PID=<our pid>; checkEnv explains if it did not.
+	if err := checkEnv(); err != nil {
 		return nil, err
 	}
-	return activated.Listener(activation.Listeners())
+	// Listeners turns fds 3, 4, ... into listeners, and unsets LISTEN_FDS and LISTEN_PID
+	// so that a child process cannot take them for its own.
+	lns, err := activation.Listeners()
+	if err != nil {
+		return nil, err
+	}
+	return oneListener(lns)
 }
 
 // serve answers rolls on ln until ctx is done, then stops accepting and lets the
 // requests in flight finish.
-func serve(ctx context.Context, ln net.Listener, h *dice.Handler, log *slog.Logger) error {
-	// New in this stage: once no connection has been open for -idle, serve ends as if
+func serve(ctx context.Context, ln net.Listener, h *dice.Handler, log *slog.Logger,
+	idle time.Duration) error {
+	// New in this stage: once no connection has been open for idle, serve ends as if
 	// stopped, and main exits 0. systemd keeps its copy of the socket listening:
 	// connections that arrive from now on wait there and start the next instance.
 	ctx, exit := context.WithCancel(ctx)
 	defer exit()
 	srv := dice.NewServer(h, log)
-	srv.ConnState = idle.Start(*idleTime, func() {
-		log.Info("idle, exiting", "after", *idleTime, "rolls", h.Rolls())
+	srv.ConnState = startIdleTimer(idle, func() {
+		log.Info("idle, exiting", "after", idle, "rolls", h.Rolls())
 		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 		exit()
 	}, func(open int) {
 		// `systemctl status dice.service` shows this line (Type=notify).
 		_, _ = daemon.SdNotify(false, fmt.Sprintf("STATUS=served %d rolls; %d connections "+
-			"open; exits after %s idle", h.Rolls(), open, *idleTime))
+			"open; exits after %s idle", h.Rolls(), open, idle))
 	}).ConnState
 	// READY=1 tells systemd (Type=notify) that the service is up.
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)

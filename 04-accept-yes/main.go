@@ -3,33 +3,27 @@ package main
 
 import (
 	"context"
-	"flag"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
 
 	"example.com/socket-dice/dice"
-	"example.com/socket-dice/internal/activated"
-	"example.com/socket-dice/internal/oneconn"
 )
 
 func main() {
-	delay := flag.Duration("delay", 0, "hold each answer this long (to watch a graceful stop)")
-	flag.Parse()
 	log := dice.NewLogger()
-	if err := run(*delay, log); err != nil {
+	if err := run(log); err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(delay time.Duration, log *slog.Logger) error {
+func run(log *slog.Logger) error {
 	c, err := conn()
 	if err != nil {
 		return err
@@ -38,17 +32,18 @@ func run(delay time.Duration, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log.Info("serving", "remote", c.RemoteAddr().String(), "pid", os.Getpid())
-	return serve(ctx, c, &dice.Handler{Log: log, Delay: delay}, log)
+	return serve(ctx, c, &dice.Handler{Log: log}, log)
 }
 
 // New in this stage: with Accept=yes, systemd accepts each connection itself and
 // starts one dice@.service instance for it, passing the connection as fd 3.
 func conn() (net.Conn, error) {
-	// systemd set LISTEN_FDS=1, LISTEN_PID=<our pid> and LISTEN_FDNAMES=connection.
-	if err := activated.CheckEnv("--accept -l 127.0.0.1:8080"); err != nil {
+	// systemd sets LISTEN_FDS=1, LISTEN_PID=<our pid> and LISTEN_FDNAMES=connection.
+	if err := checkEnv(); err != nil {
 		return nil, err
 	}
-	return activated.Conn(activation.Files(true))
+	// Files returns fds 3, 4, ... as they are: this one is a connection, not a listener.
+	return oneConn(activation.Files(true))
 }
 
 // serve answers the requests on c, keep-alive ones included, until the client
@@ -63,5 +58,5 @@ func serve(ctx context.Context, c net.Conn, h http.Handler, log *slog.Logger) er
 			closed()
 		}
 	}
-	return dice.Serve(ctx, srv, oneconn.New(c))
+	return dice.Serve(ctx, srv, newOneConnListener(c))
 }

@@ -1,7 +1,6 @@
 package dice
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -30,9 +29,6 @@ type Error struct {
 type Handler struct {
 	// Log gets one line per request; nil means slog.Default().
 	Log *slog.Logger
-	// Delay holds each answer back this long, to watch a graceful stop
-	// finish a request in flight. Zero in normal use.
-	Delay time.Duration
 
 	rolls atomic.Int64
 }
@@ -44,11 +40,6 @@ var pid = strconv.Itoa(os.Getpid())
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	if h.Delay > 0 {
-		if err := sleep(r.Context(), h.Delay); err != nil {
-			return // The client went away; nobody is left to answer.
-		}
-	}
 	status, body := h.answer(r)
 	w.Header().Set("Dice-Pid", pid)
 	w.Header().Set("Content-Type", "application/json")
@@ -97,15 +88,4 @@ func (h *Handler) logger() *slog.Logger {
 		return h.Log
 	}
 	return slog.Default()
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

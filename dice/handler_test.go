@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"example.com/socket-dice/dice"
-	"example.com/socket-dice/internal/stagetest"
+	"example.com/socket-dice/dice/dicetest"
 )
 
 func quietHandler() *dice.Handler {
@@ -76,8 +76,8 @@ func TestHeadHasNoBody(t *testing.T) {
 func TestBadRequests(t *testing.T) {
 	srv := httptest.NewServer(quietHandler())
 	defer srv.Close()
-	require.GreaterOrEqual(t, len(stagetest.BadRequests), 20)
-	stagetest.SendBadRequests(t, srv.URL)
+	require.GreaterOrEqual(t, len(dicetest.BadRequests), 20)
+	dicetest.SendBadRequests(t, srv.URL)
 }
 
 // TestBrokenClientsDoNotCrashTheServer sends what no HTTP client should, through

@@ -64,36 +64,35 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
 		return err
 	}
 	// srv.Serve has returned: every connection it accepted is counted.
-	for deadline := time.Now().Add(ShutdownTimeout); open.count() > 0; {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d connections still open %s after the stop: %w",
-				open.count(), ShutdownTimeout, srv.Close())
-		}
-		time.Sleep(10 * time.Millisecond)
+	select {
+	case <-open.drained():
+		return nil
+	case <-time.After(ShutdownTimeout):
+		return fmt.Errorf("connections still open %s after the stop: %w",
+			ShutdownTimeout, srv.Close())
 	}
-	return nil
 }
 
 // conns counts the open connections of a server.
 type conns struct {
-	mu sync.Mutex
-	n  int
+	mu       sync.Mutex
+	n        int
+	stopping bool
+	zero     chan struct{} // closed when n is 0 after drained was called
 }
 
 // countConns counts srv's connections from StateNew to StateClosed or StateHijacked,
 // then calls the ConnState hook srv had, if any.
 func countConns(srv *http.Server) *conns {
-	c := &conns{}
+	c := &conns{zero: make(chan struct{})}
 	next := srv.ConnState
 	srv.ConnState = func(nc net.Conn, state http.ConnState) {
-		c.mu.Lock()
 		switch state {
 		case http.StateNew:
-			c.n++
+			c.add(1)
 		case http.StateClosed, http.StateHijacked:
-			c.n--
+			c.add(-1)
 		}
-		c.mu.Unlock()
 		if next != nil {
 			next(nc, state)
 		}
@@ -101,10 +100,31 @@ func countConns(srv *http.Server) *conns {
 	return c
 }
 
-func (c *conns) count() int {
+func (c *conns) add(delta int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.n
+	c.n += delta
+	c.closeIfZero()
+}
+
+func (c *conns) closeIfZero() {
+	select {
+	case <-c.zero:
+	default:
+		if c.stopping && c.n == 0 {
+			close(c.zero)
+		}
+	}
+}
+
+// drained returns a channel that is closed once no connection is open; no new
+// connection may come after the first call.
+func (c *conns) drained() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopping = true
+	c.closeIfZero()
+	return c.zero
 }
 
 // NewLogger logs to stderr, which systemd hands to the journal. Under systemd

@@ -19,10 +19,15 @@ func TestServeFinishesRequestsInFlight(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h := &Handler{Log: log, Delay: 500 * time.Millisecond}
+	entered, release := make(chan struct{}), make(chan struct{})
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		(&Handler{Log: log}).ServeHTTP(w, r)
+	})
 	ctx, stop := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- Serve(ctx, NewServer(h, log), ln) }()
+	go func() { served <- Serve(ctx, NewServer(slow, log), ln) }()
 
 	answered := make(chan int, 1)
 	go func() {
@@ -34,13 +39,19 @@ func TestServeFinishesRequestsInFlight(t *testing.T) {
 		resp.Body.Close()
 		answered <- resp.StatusCode
 	}()
-	time.Sleep(100 * time.Millisecond) // Let the request reach the handler.
+	<-entered // The request is in flight.
 	stop()
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, 10*time.Second, 10*time.Millisecond, "nothing accepts after the stop")
+	close(release)
 
 	assert.Equal(t, http.StatusOK, <-answered, "the request in flight is answered")
 	require.NoError(t, <-served, "Serve returns nil after a graceful stop")
-	_, err = net.DialTimeout("tcp", ln.Addr().String(), time.Second)
-	assert.Error(t, err, "nothing accepts after the stop")
 }
 
 // TestServeAnswersAConnectionAcceptedAsItStops is the race of an idle exit, slowed

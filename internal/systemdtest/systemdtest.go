@@ -1,38 +1,31 @@
-// Package systemdtest gives a test a real systemd user manager of its own.
+// Package systemdtest gives a test, or the benchmark, a real systemd user manager of
+// its own, and puts a stage's units in it.
 //
-// New starts a private `systemd --user` for one test and stops it when the test ends:
-// a private mount namespace (`unshare -m`, or `unshare -rm` for a non-root user where
-// user namespaces are allowed) with an empty tmpfs over /run/systemd holding only
-// /run/systemd/system, fresh runtime and config directories, and a cgroup of its own.
-// `systemctl --user` reaches it from outside through its XDG_RUNTIME_DIR (see
-// Manager.Env). Tests never use the reader's own session manager, so they cannot leave
-// units or processes there. What happens inside the namespace is the business of
-// scripts/user-manager (its `_namespace` subcommand), the same as for `make run-stage`.
+// It is a thin layer over the scripts a reader runs: scripts/user-manager starts a
+// private `systemd --user` (in its own mount namespace and cgroup, see there) in a
+// state directory of the test's, and scripts/run-stage --install puts the stage's
+// unit files in place as committed, plus a drop-in for the test's binary, arguments
+// and port. Tests never use the reader's own session manager, so they cannot leave
+// units or processes there.
 //
-// There is no journald in the private manager. Services write to the manager's
-// stdout and stderr (DefaultStandardOutput=inherit), and the manager's own messages
-// ("Started dice.service.", "Trigger limit hit") go to /dev/kmsg, which the namespace
-// replaces with a FIFO; both end up in one log file, shown by Manager.Log and printed
-// when a test fails.
+// There is no journald in the private manager: services write to the manager's log
+// file (Manager.Log), printed when a test fails. Tests read outcomes from systemd's
+// properties (Result=, ActiveState=), never from that log's text.
 //
 // Where no real systemd can be had, New skips the test with the reason, or fails it
 // when DICE_REQUIRE_SYSTEMD=1.
 package systemdtest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,86 +33,134 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-const (
-	// startTimeout bounds how long New waits for the manager to answer; it usually
-	// takes 0.1-0.3 s.
-	startTimeout = 20 * time.Second
-	// stopTimeout bounds each step of stopping the manager at the end of a test.
-	stopTimeout = 15 * time.Second
-	// commandTimeout bounds every systemctl call, so that a wedged manager fails the
-	// test instead of hanging it.
-	commandTimeout = 30 * time.Second
-)
+// commandTimeout bounds every command, so that a wedged manager fails the test
+// instead of hanging it.
+const commandTimeout = 60 * time.Second
 
-// userConf is the manager's configuration: services write into the manager's log
-// file, and stopping a unit never waits the default 90 s.
-const userConf = `[Manager]
-DefaultStandardOutput=inherit
-DefaultStandardError=inherit
-DefaultTimeoutStopSec=10s
-`
-
-// Manager is a private systemd user manager that lives as long as one test.
+// Manager is a private systemd user manager, run by scripts/user-manager.
 type Manager struct {
-	state   string        // runtime/, config/, data/, manager.log, manager.pid, cgroups, kmsg
-	cmd     *exec.Cmd     // the manager: unshare, then bash, then systemd, one pid
-	exited  chan struct{} // closed when the manager process has been reaped
-	kmsg    *os.File      // our end of the /dev/kmsg FIFO
-	copied  chan struct{} // closed when the kmsg copier is done
-	logFile *os.File      // the log: service output and the manager's messages
-	units   []string      // the units installed by InstallUnits, for the failure report
+	top, state string
 }
 
-// New starts a private systemd user manager for t and stops it when t ends: its units
-// are stopped, its processes are gone and its directories and cgroups removed. When
-// t has failed by then, the unit status and the log are printed first.
+// Start starts a private manager whose state lives in the new directory state, below
+// the module root top.
+func Start(top, state string) (*Manager, error) {
+	m := &Manager{top: top, state: state}
+	if out, err := m.script("user-manager", "up"); err != nil {
+		return nil, fmt.Errorf("scripts/user-manager up: %v\n%s", err, out)
+	}
+	return m, nil
+}
+
+// Stop stops the manager, its units and processes, and removes its state.
+func (m *Manager) Stop() error {
+	if out, err := m.script("user-manager", "down"); err != nil {
+		return fmt.Errorf("scripts/user-manager down: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// New starts a private manager for t, and stops it when t ends, checking that none of
+// its processes is left. When t has failed, the unit status and the log are printed.
 func New(t testing.TB) *Manager {
 	t.Helper()
-	launcher, reason := preflight()
-	if reason != "" {
-		unavailable(t, "%s", reason)
+	if _, err := exec.LookPath("systemctl"); err != nil {
+		unavailable(t, "systemctl not found: install systemd")
 	}
-	collectStale()
 	// A short path: the manager's socket $XDG_RUNTIME_DIR/systemd/private must fit
 	// the 108 bytes of a unix socket address.
 	state, err := os.MkdirTemp("", "dice-sd-")
 	require.NoError(t, err)
-	m := &Manager{state: state, exited: make(chan struct{}), copied: make(chan struct{})}
-	t.Cleanup(func() { m.cleanup(t) })
-	script := filepath.Join(ModuleRoot(t), "scripts", "user-manager")
-	if err := m.start(launcher, script); err != nil {
+	m, err := Start(ModuleRoot(t), filepath.Join(state, "m"))
+	if err != nil {
+		_ = os.RemoveAll(state)
 		unavailable(t, "%v", err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := m.Systemctl("status", "--no-pager", "--full", "--all", "dice*")
+			t.Logf("systemctl --user status 'dice*':\n%s", out)
+			t.Logf("log of the private manager (services and systemd):\n%s", m.Log())
+		}
+		assert.NoError(t, m.Stop())
+		assert.Empty(t, processesWithEnv("XDG_RUNTIME_DIR="+m.RuntimeDir()),
+			"processes of the private manager outlived it")
+		assert.NoError(t, os.RemoveAll(state))
+	})
 	return m
 }
 
-// Env is os.Environ() with XDG_RUNTIME_DIR and XDG_CONFIG_HOME of this manager, for
-// commands such as `systemctl --user`. DBUS_SESSION_BUS_ADDRESS is dropped: systemctl
-// falls back to that bus when the manager does not answer, and it may be the
-// reader's own session.
+// script runs scripts/name args... with this manager's state directory.
+func (m *Manager) script(name string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(m.top, "scripts", name), args...)
+	cmd.Env = append(m.Env(), "DICE_PRIVATE_SYSTEMD=1", "DICE_STATE_DIR="+m.state)
+	return cmd.CombinedOutput()
+}
+
+// Env is os.Environ() with the XDG_RUNTIME_DIR of this manager, for commands such as
+// `systemctl --user`. DBUS_SESSION_BUS_ADDRESS is dropped: systemctl falls back to
+// that bus when the manager does not answer, and it may be the reader's own session.
 func (m *Manager) Env() []string {
-	env := make([]string, 0, len(os.Environ())+2)
+	var env []string
 	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		switch name {
-		case "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS":
+		switch name, _, _ := strings.Cut(kv, "="); name {
+		case "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "DICE_ADDR", "DICE_ARGS", "DICE_BIN":
 			continue
 		}
 		env = append(env, kv)
 	}
-	return append(env,
-		"XDG_RUNTIME_DIR="+m.RuntimeDir(),
-		"XDG_CONFIG_HOME="+filepath.Join(m.state, "config"))
+	return append(env, "XDG_RUNTIME_DIR="+m.RuntimeDir())
 }
 
 // RuntimeDir is the manager's XDG_RUNTIME_DIR.
 func (m *Manager) RuntimeDir() string { return filepath.Join(m.state, "runtime") }
 
-// UnitDir is where the manager reads user units from: $XDG_CONFIG_HOME/systemd/user.
-func (m *Manager) UnitDir() string { return filepath.Join(m.state, "config", "systemd", "user") }
-
 // Pid is the manager's process id.
-func (m *Manager) Pid() int { return m.cmd.Process.Pid }
+func (m *Manager) Pid() int {
+	data, _ := os.ReadFile(filepath.Join(m.state, "manager.pid"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid
+}
+
+// Log is everything the services and the manager have written so far.
+func (m *Manager) Log() string {
+	data, err := os.ReadFile(filepath.Join(m.state, "manager.log"))
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	return string(data)
+}
+
+// InstallStage puts the units of units/<stage>/ in place with scripts/run-stage
+// --install: the service runs the stage's binary in binDir with args appended, and
+// the socket listens on addr, if not empty.
+func (m *Manager) InstallStage(stage, binDir, addr string, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(m.top, "scripts", "run-stage"),
+		"--install", stage)
+	cmd.Env = append(m.Env(), "DICE_PRIVATE_SYSTEMD=1", "DICE_STATE_DIR="+m.state,
+		"DICE_BIN="+binDir, "DICE_ADDR="+addr, "DICE_ARGS="+strings.Join(args, " "))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("scripts/run-stage --install %s: %v\n%s", stage, err, out)
+	}
+	return nil
+}
+
+// DropIn adds the drop-in name.conf to unit (such as "dice.socket") and reloads.
+func (m *Manager) DropIn(unit, name, content string) error {
+	dir := filepath.Join(m.RuntimeDir(), "systemd", "user", unit+".d")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".conf"), []byte(content), 0o644); err != nil {
+		return err
+	}
+	_, err := m.Systemctl("daemon-reload")
+	return err
+}
 
 // Systemctl runs `systemctl --user args...` against the manager and returns its
 // combined output.
@@ -136,105 +177,60 @@ func (m *Manager) MustSystemctl(t testing.TB, args ...string) string {
 	return out
 }
 
-// Show is `systemctl --user show -p prop --value unit`, without the final newline.
+// Prop is `systemctl --user show -p prop --value unit`, without the final newline.
+func (m *Manager) Prop(unit, prop string) (string, error) {
+	out, err := m.systemctl(false, "show", "-p", prop, "--value", unit)
+	return strings.TrimSuffix(string(out), "\n"), err
+}
+
+// Show is Prop that fails the test on an error.
 func (m *Manager) Show(t testing.TB, unit, prop string) string {
 	t.Helper()
-	out, err := m.systemctl(false, "show", "-p", prop, "--value", unit)
-	require.NoError(t, err, "systemctl --user show -p %s %s: %s", prop, unit, out)
-	return strings.TrimSuffix(string(out), "\n")
+	value, err := m.Prop(unit, prop)
+	require.NoError(t, err, "systemctl --user show -p %s %s", prop, unit)
+	return value
 }
 
 // MainPID is the main process of unit, 0 when it has none.
 func (m *Manager) MainPID(t testing.TB, unit string) int {
 	t.Helper()
-	value := m.Show(t, unit, "MainPID")
-	pid, err := strconv.Atoi(value)
+	pid, err := strconv.Atoi(m.Show(t, unit, "MainPID"))
 	require.NoError(t, err, "MainPID of %s", unit)
 	return pid
 }
 
 // WaitProp polls prop of unit until it is want, and fails the test with the value it
-// last saw and the end of the log after timeout (the cleanup then prints the status
-// of the installed units and the whole log).
+// last saw after timeout.
 func (m *Manager) WaitProp(t testing.TB, unit, prop, want string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		out, err := m.systemctl(false, "show", "-p", prop, "--value", unit)
-		got := strings.TrimSuffix(string(out), "\n")
-		if err == nil && got == want {
+	var got string
+	var err error
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
+		if got, err = m.Prop(unit, prop); err == nil && got == want {
 			return
 		}
-		if time.Now().After(deadline) {
-			last := strconv.Quote(got)
-			if err != nil {
-				last = err.Error()
-			}
-			t.Fatalf("%s: %s is %s after %s, want %q\nlast lines of the log:\n%s",
-				unit, prop, last, timeout, want, tail(m.Log(), 20))
-		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
+	t.Fatalf("%s: %s is %q (%v) after %s, want %q", unit, prop, got, err, timeout, want)
 }
 
-// Log is everything the services and the manager have written so far.
-func (m *Manager) Log() string {
-	data, err := os.ReadFile(filepath.Join(m.state, "manager.log"))
+// systemctl runs `systemctl --user args...`; combined selects stdout and stderr
+// together, else stdout only (with stderr in the error).
+func (m *Manager) systemctl(combined bool, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "systemctl", append([]string{"--user"}, args...)...)
+	cmd.Env = m.Env()
+	if combined {
+		return cmd.CombinedOutput()
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
+		err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(stderr.Bytes()))
 	}
-	return string(data)
-}
-
-// launcher is how to start the namespace: the command that precedes
-// `bash scripts/user-manager _namespace STATE SYSTEMD`.
-type launcher []string
-
-// preflight finds out how to start a private manager here, or why it cannot be done.
-func preflight() (launcher, string) {
-	if runtime.GOOS != "linux" {
-		return nil, "systemd runs on Linux only, this is " + runtime.GOOS
-	}
-	if systemdBinary() == "" {
-		return nil, "no systemd binary at /usr/lib/systemd/systemd or /lib/systemd/systemd"
-	}
-	for _, tool := range []string{"systemctl", "unshare", "mount", "bash"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Sprintf("%s not found: %v", tool, err)
-		}
-	}
-	unshare := launcher{"unshare", "-m", "--propagation", "private"}
-	if os.Geteuid() != 0 {
-		unshare = launcher{"unshare", "-rm", "--propagation", "private"}
-		if out, err := exec.Command("unshare", "-rm", "true").CombinedOutput(); err != nil {
-			return nil, fmt.Sprintf("user namespaces are not allowed for uid %d (unshare -rm: "+
-				"%v %s); run the tests as root, or in a systemd login session",
-				os.Geteuid(), err, bytes.TrimSpace(out))
-		}
-		// In the reader's own session a transient scope with Delegate=yes gives the
-		// private manager a cgroup it may write to; the scope is gone with the manager.
-		// systemd-run finds that session's manager through XDG_RUNTIME_DIR.
-		if own := ownRuntimeDir(); own != "" {
-			if _, err := exec.LookPath("systemd-run"); err == nil {
-				scope := launcher{"env", "-u", "DBUS_SESSION_BUS_ADDRESS",
-					"XDG_RUNTIME_DIR=" + own, "systemd-run", "--user",
-					"--scope", "--quiet", "--collect", "-p", "Delegate=yes",
-					"--description=socket-dice test systemd", "--"}
-				return append(scope, unshare...), ""
-			}
-		}
-	}
-	for _, dir := range cgroupDirs() {
-		for _, path := range []string{dir, filepath.Join(dir, "cgroup.procs")} {
-			if err := syscall.Access(path, 2 /* W_OK */); err != nil {
-				return nil, fmt.Sprintf("systemd --user needs a cgroup it may write to, and "+
-					"%s is not writable for uid %d (%v); run the tests as root, in a systemd "+
-					"login session, or in a cgroup delegated to uid %[2]d",
-					path, os.Geteuid(), err)
-			}
-		}
-	}
-	return unshare, ""
+	return out, err
 }
 
 // unavailable skips t because no real systemd can be had, or fails it when
@@ -265,340 +261,42 @@ func skipOrFail(t testing.TB, msg string) {
 	}
 }
 
-// systemdBinary is the path of the systemd binary, or "" when there is none.
-func systemdBinary() string {
-	for _, path := range []string{"/usr/lib/systemd/systemd", "/lib/systemd/systemd"} {
-		if info, err := os.Stat(path); err == nil && info.Mode()&0o111 != 0 {
-			return path
-		}
-	}
-	return ""
-}
-
-// ownRuntimeDir is the XDG_RUNTIME_DIR of the caller's own session manager, or "" when
-// it does not run.
-func ownRuntimeDir() string {
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" {
-		dir = fmt.Sprintf("/run/user/%d", os.Getuid())
-	}
-	if _, err := os.Stat(dir); err != nil {
-		return ""
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "systemctl", "--user", "show", "-p", "SystemState", "--value")
-	cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)
-	out, err := cmd.Output()
-	state := strings.TrimSpace(string(out))
-	if err != nil || (state != "running" && state != "degraded") {
-		return ""
-	}
+// BuildStage builds the package in stageDir (relative to the module root, such as
+// "02-socket-activated") into a temporary directory and returns that directory; the
+// binary in it is named after stageDir. A socket-activated stage must run as a
+// binary: a wrapper such as `go run` would not have the pid in LISTEN_PID.
+func BuildStage(t testing.TB, stageDir string) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-buildvcs=false", "-o", dir, "./"+stageDir)
+	cmd.Dir = ModuleRoot(t)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "go build ./%s:\n%s", stageDir, out)
 	return dir
 }
 
-// cgroupDirs are the directories of the current cgroup, one per hierarchy that
-// systemd uses: name=systemd (legacy and hybrid) and the unified one.
-func cgroupDirs() []string {
-	data, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return nil
-	}
-	var dirs []string
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		fields := strings.SplitN(line, ":", 3)
-		if len(fields) != 3 {
-			continue
-		}
-		switch fields[1] {
-		case "name=systemd":
-			dirs = append(dirs, filepath.Join("/sys/fs/cgroup/systemd", fields[2]))
-		case "":
-			base := "/sys/fs/cgroup"
-			if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err == nil {
-				base = "/sys/fs/cgroup/unified"
-			}
-			dirs = append(dirs, filepath.Join(base, fields[2]))
-		}
-	}
-	return dirs
-}
-
-// start launches the manager with l and the namespace side of script, and waits until
-// it answers.
-func (m *Manager) start(l launcher, script string) error {
-	for _, dir := range []string{"runtime", "config/systemd/user", "data"} {
-		if err := os.MkdirAll(filepath.Join(m.state, dir), 0o700); err != nil {
-			return err
-		}
-	}
-	conf := filepath.Join(m.state, "config", "systemd", "user.conf")
-	if err := os.WriteFile(conf, []byte(userConf), 0o644); err != nil {
-		return err
-	}
-	logFile, err := os.OpenFile(filepath.Join(m.state, "manager.log"),
-		os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	m.logFile = logFile
-	if err := m.readKmsg(); err != nil {
-		return err
-	}
-
-	// The script finds the FIFO made by readKmsg and leaves the reading to us. It drops
-	// what belongs to the caller's own session from the environment the units inherit.
-	args := append(append([]string{}, l...), "bash", script, "_namespace", m.state,
-		systemdBinary())
-	m.cmd = exec.Command(args[0], args[1:]...)
-	m.cmd.Stdout, m.cmd.Stderr = logFile, logFile
-	// If the test binary dies without its cleanups (a panic, a timeout), SIGTERM makes
-	// the manager stop its units and exit; its cgroups and directories stay behind.
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := m.cmd.Start(); err != nil {
-		close(m.exited)
-		return fmt.Errorf("starting %s: %w", strings.Join(l, " "), err)
-	}
-	go func() {
-		_ = m.cmd.Wait()
-		close(m.exited)
-	}()
-
-	deadline := time.Now().Add(startTimeout)
+// ModuleRoot is the directory of the go.mod above the test's working directory.
+func ModuleRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	require.NoError(t, err)
 	for {
-		out, err := m.systemctl(false, "show", "-p", "SystemState", "--value")
-		state := strings.TrimSpace(string(out))
-		if err == nil && (state == "running" || state == "degraded") {
-			return nil
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
 		}
-		select {
-		case <-m.exited:
-			return fmt.Errorf("the private manager exited (%v) at start:\n%s",
-				m.cmd.ProcessState, m.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the private manager did not answer within %s (state %q, %v):\n%s",
-				startTimeout, state, err, m.Log())
-		}
-		time.Sleep(25 * time.Millisecond)
+		parent := filepath.Dir(dir)
+		require.NotEqual(t, dir, parent, "no go.mod above the working directory")
+		dir = parent
 	}
 }
 
-// readKmsg creates the FIFO that stands in for /dev/kmsg and copies what the manager
-// writes there into the log, without the "<30>" priority prefix. The FIFO is opened
-// for reading and writing, so that the manager's open never blocks and our read
-// never sees the end of the file.
-func (m *Manager) readKmsg() error {
-	path := filepath.Join(m.state, "kmsg")
-	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		return fmt.Errorf("mkfifo %s: %w", path, err)
-	}
-	fifo, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	m.kmsg = fifo
-	go func() {
-		defer close(m.copied)
-		lines := bufio.NewScanner(fifo)
-		for lines.Scan() {
-			line := lines.Text()
-			if strings.HasPrefix(line, "<") {
-				if i := strings.IndexByte(line, '>'); i > 0 {
-					line = line[i+1:]
-				}
-			}
-			_, _ = io.WriteString(m.logFile, line+"\n")
-		}
-	}()
-	return nil
-}
-
-// systemctl runs `systemctl --user args...`; combined selects stdout and stderr
-// together, else stdout only (with stderr in the error).
-func (m *Manager) systemctl(combined bool, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "systemctl", append([]string{"--user"}, args...)...)
-	cmd.Env = m.Env()
-	if combined {
-		return cmd.CombinedOutput()
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	return out, err
-}
-
-// cleanup reports on a failed test, stops the manager, makes sure none of its
-// processes is left and removes its cgroups and directories.
-func (m *Manager) cleanup(t testing.TB) {
+// FreePort is a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
 	t.Helper()
-	running := m.cmd != nil && m.cmd.Process != nil
-	if running && t.Failed() {
-		m.report(t)
-	}
-	if running {
-		m.stop(t)
-	}
-	leftovers, err := removeCgroups(m.state)
-	assert.NoError(t, err)
-	assert.Empty(t, leftovers, "processes of the private manager were still running")
-	if m.kmsg != nil {
-		_ = m.kmsg.Close()
-		<-m.copied
-	}
-	if m.logFile != nil {
-		_ = m.logFile.Close()
-	}
-	assert.Empty(t, processesWithEnv("XDG_RUNTIME_DIR="+m.RuntimeDir()),
-		"processes of the private manager outlived it")
-	assert.NoError(t, os.RemoveAll(m.state))
-}
-
-// report prints the status of the installed units and the log.
-func (m *Manager) report(t testing.TB) {
-	t.Helper()
-	args := []string{"list-units", "--all", "--no-pager"}
-	if len(m.units) > 0 {
-		args = append([]string{"status", "--no-pager", "--full"}, m.units...)
-	}
-	status, _ := m.Systemctl(args...)
-	t.Logf("systemctl --user %s:\n%s", strings.Join(args, " "), status)
-	t.Logf("log of the private manager (services and systemd):\n%s", m.Log())
-}
-
-// stop asks the manager to stop its units and exit, then insists.
-func (m *Manager) stop(t testing.TB) {
-	t.Helper()
-	// The units go first: systemd removes their PrivateTmp= directories in a thread,
-	// which `exit` could cut short, leaving the directories in /tmp.
-	if out, err := m.Systemctl("stop", "*.service", "*.socket"); err != nil {
-		t.Logf("systemctl --user stop: %v: %s", err, out)
-	}
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-		if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", m.Pid())); err != nil ||
-			len(tasks) == 1 {
-			break
-		}
-	}
-	if out, err := m.Systemctl("exit"); err != nil {
-		t.Logf("systemctl --user exit: %v: %s", err, out)
-	}
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		select {
-		case <-m.exited:
-			return
-		case <-time.After(stopTimeout):
-			t.Errorf("the private manager (pid %d) did not exit within %s; sending %v",
-				m.Pid(), stopTimeout, sig)
-			_ = m.cmd.Process.Signal(sig)
-		}
-	}
-	<-m.exited
-}
-
-// removeCgroups kills what is left in the cgroups of the manager whose state
-// directory is state, removes them and returns the processes it had to kill.
-func removeCgroups(state string) (killed []string, err error) {
-	data, _ := os.ReadFile(filepath.Join(state, "cgroups"))
-	for _, root := range strings.Fields(string(data)) {
-		// Only a cgroup scripts/user-manager made: killing all in another could be fatal.
-		if !strings.HasPrefix(filepath.Base(root), "socket-dice-") ||
-			!strings.HasPrefix(root, "/sys/fs/cgroup/") {
-			err = errors.Join(err, fmt.Errorf("not a cgroup of a private manager: %s", root))
-			continue
-		}
-		dirs := cgroupTree(root)
-		for _, dir := range dirs {
-			for _, pid := range cgroupPids(dir) {
-				killed = append(killed, fmt.Sprintf("%d %s", pid, cmdline(pid)))
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		// The deepest first: a cgroup can only be removed once it has no children.
-		for i := len(dirs) - 1; i >= 0; i-- {
-			if rmErr := removeCgroup(dirs[i]); rmErr != nil {
-				err = errors.Join(err, fmt.Errorf("removing cgroup %s: %w", dirs[i], rmErr))
-			}
-		}
-	}
-	return killed, err
-}
-
-// collectStale removes what the managers of killed test binaries (a -timeout, say)
-// left behind: the parent-death signal stopped them, but their state directories and
-// cgroups remain. A manager that still runs, or has no pid file yet, is left alone.
-func collectStale() {
-	states, _ := filepath.Glob(filepath.Join(os.TempDir(), "dice-sd-*"))
-	for _, state := range states {
-		data, err := os.ReadFile(filepath.Join(state, "manager.pid"))
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-		if err != nil || alive(pid) {
-			continue
-		}
-		if _, err := removeCgroups(state); err == nil {
-			_ = os.RemoveAll(state)
-		}
-	}
-}
-
-// alive tells whether process pid runs; a zombie does not.
-func alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the command name, which is in parentheses.
-	i := bytes.LastIndexByte(stat, ')')
-	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
-}
-
-// cgroupTree is root and every cgroup below it, parents before children.
-func cgroupTree(root string) []string {
-	var dirs []string
-	_ = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			dirs = append(dirs, path)
-		}
-		return nil
-	})
-	return dirs
-}
-
-// cgroupPids are the processes in cgroup dir.
-func cgroupPids(dir string) []int {
-	data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	var pids []int
-	for _, field := range strings.Fields(string(data)) {
-		if pid, err := strconv.Atoi(field); err == nil {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// removeCgroup removes an empty cgroup, waiting a little for killed processes to go.
-func removeCgroup(dir string) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := syscall.Rmdir(dir)
-		if err == nil || errors.Is(err, syscall.ENOENT) {
-			return nil
-		}
-		if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // processesWithEnv lists the processes whose environment holds entry; services of
@@ -608,27 +306,12 @@ func processesWithEnv(entry string) []string {
 	var found []string
 	for _, path := range procs {
 		data, err := os.ReadFile(path)
-		if err != nil || !bytes.Contains(data, []byte("\x00"+entry+"\x00")) &&
-			!bytes.HasPrefix(data, []byte(entry+"\x00")) {
+		if err != nil || !bytes.Contains(append([]byte{0}, data...), []byte("\x00"+entry+"\x00")) {
 			continue
 		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(path)))
-		found = append(found, fmt.Sprintf("%d %s", pid, cmdline(pid)))
+		cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(path), "cmdline"))
+		found = append(found, filepath.Base(filepath.Dir(path))+" "+
+			string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
 	}
 	return found
-}
-
-// cmdline is the command line of pid, for messages.
-func cmdline(pid int) string {
-	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return strings.TrimSpace(string(bytes.ReplaceAll(data, []byte{0}, []byte{' '})))
-}
-
-// tail is the last n lines of s.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -1,4 +1,4 @@
-package oneconn
+package main
 
 import (
 	"bufio"
@@ -17,7 +17,7 @@ import (
 func TestAcceptOnceThenBlockUntilClosed(t *testing.T) {
 	server, client := net.Pipe()
 	defer client.Close()
-	l := New(server)
+	l := newOneConnListener(server)
 
 	c, err := l.Accept()
 	require.NoError(t, err)
@@ -61,7 +61,7 @@ func TestServesKeepAliveRequestsOnOneConnection(t *testing.T) {
 			}
 		},
 	}
-	l := New(server)
+	l := newOneConnListener(server)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	go func() {

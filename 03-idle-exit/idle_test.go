@@ -1,4 +1,4 @@
-package idle
+package main
 
 import (
 	"io"
@@ -15,7 +15,7 @@ import (
 
 func TestFiresWithoutAnyConnection(t *testing.T) {
 	fired := make(chan struct{})
-	Start(50*time.Millisecond, func() { close(fired) }, nil)
+	startIdleTimer(50*time.Millisecond, func() { close(fired) }, nil)
 	select {
 	case <-fired:
 	case <-time.After(2 * time.Second):
@@ -26,7 +26,7 @@ func TestFiresWithoutAnyConnection(t *testing.T) {
 func TestOpenConnectionHoldsTheClock(t *testing.T) {
 	var fired atomic.Bool
 	var changes []int
-	tm := Start(50*time.Millisecond, func() { fired.Store(true) },
+	tm := startIdleTimer(50*time.Millisecond, func() { fired.Store(true) },
 		func(open int) { changes = append(changes, open) })
 	c1, c2 := &net.TCPConn{}, &net.TCPConn{}
 
@@ -45,13 +45,13 @@ func TestOpenConnectionHoldsTheClock(t *testing.T) {
 	assert.Equal(t, []int{1, 2, 1, 0}, changes)
 }
 
-// TestWithHTTPServer runs the Timer under a real http.Server: a keep-alive
+// TestWithHTTPServer runs the idle timer under a real http.Server: a keep-alive
 // connection keeps it busy, and it fires once the connection is closed.
 func TestWithHTTPServer(t *testing.T) {
 	fired := make(chan struct{})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(
 		func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
-	tm := Start(200*time.Millisecond, func() { close(fired) }, nil)
+	tm := startIdleTimer(200*time.Millisecond, func() { close(fired) }, nil)
 	srv.Config.ConnState = tm.ConnState
 	srv.Start()
 	defer srv.Close()
