@@ -36,7 +36,7 @@ func checkEnv() error {
 // connected stream socket. net.FileListener would take it too, and its Accept would
 // then fail: a connection is turned into a net.Conn with net.FileConn.
 func oneConn(files []*os.File) (net.Conn, error) {
-	f := files[0] // checkEnv made sure that there is one.
+	f := files[0]   // checkEnv made sure that there is one.
 	defer f.Close() // net.FileConn keeps a duplicate.
 	typ, typErr := sockopt(f, syscall.SO_TYPE)
 	acceptConn, accErr := sockopt(f, syscall.SO_ACCEPTCONN)

