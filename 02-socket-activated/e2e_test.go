@@ -250,3 +250,38 @@ func TestBusyPortFailsTheSocket(t *testing.T) {
 	status, _, _ := dicetest.Roll(t, dicetest.NewConn, fmt.Sprintf("http://127.0.0.1:%d", port))
 	assert.Equal(t, http.StatusOK, status)
 }
+
+// TestRestartsUnderLoadLoseNothing is a deploy: 6 restarts of dice.service, one
+// after the other, while 4 clients on kept-alive connections and 4 on new connections
+// call it. Not one request fails. Each restart's SIGTERM makes the old process finish
+// what it has accepted; connections that arrive meanwhile wait in systemd's socket for
+// the new process. The default start limit (5 starts in 10 s) would have failed the
+// service and the socket at the 6th restart; the unit's StartLimitBurst= allows it.
+func TestRestartsUnderLoadLoseNothing(t *testing.T) {
+	t.Parallel()
+	m, _, addr := startSocket(t)
+	stagetest.RestartsUnderLoad(t, m, "http://"+addr, 6)
+}
+
+// TestCrashingServiceEndsFailed: a service that exits 1 at every start (here /bin/false
+// in its place) is started again and again by the connection that waits in the
+// socket, until a limit stops it: the service and the socket end failed, as they
+// should, instead of looping forever. Two limits can: the service's start limit
+// (StartLimitBurst=20; the test's drop-in makes its interval an hour, so that a slow
+// machine reaches it too) and the socket's trigger limit (20 in 2 s by default), which
+// a fast machine reaches first.
+func TestCrashingServiceEndsFailed(t *testing.T) {
+	t.Parallel()
+	m, _, addr := startSocket(t)
+	require.NoError(t, m.DropIn("dice.service", "test",
+		"[Unit]\nStartLimitIntervalSec=1h\n[Service]\nExecStart=\nExecStart=/bin/false\n"))
+
+	_, err := dicetest.TryRoll(dicetest.NewConn, "http://"+addr)
+	assert.Error(t, err, "nothing answers")
+	m.WaitProp(t, "dice.socket", "ActiveState", "failed", 60*time.Second)
+	assert.Contains(t, []string{"service-start-limit-hit", "trigger-limit-hit"},
+		m.Show(t, "dice.socket", "Result"))
+	assert.Equal(t, "failed", m.Show(t, "dice.service", "ActiveState"))
+	assert.Contains(t, []string{"start-limit-hit", "exit-code"},
+		m.Show(t, "dice.service", "Result"))
+}

@@ -19,6 +19,7 @@ import (
 
 	"example.com/socket-dice/dice"
 	"example.com/socket-dice/dice/dicetest"
+	"example.com/socket-dice/internal/stagetest"
 	"example.com/socket-dice/internal/systemdtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -357,4 +358,13 @@ func TestBadRequestsUnderSystemd(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, pid, after, "bad requests did not end the service")
 	assert.Equal(t, pid, m.MainPID(t, "dice.service"))
+}
+
+// TestRestartsUnderLoadLoseNothing is a deploy: 6 restarts of dice.service, one after
+// the other, while 4 clients on kept-alive connections and 4 on new connections call
+// it. Not one request fails, and the unit's start limit leaves room for the restarts
+// on top of the idle exits.
+func TestRestartsUnderLoadLoseNothing(t *testing.T) {
+	m, base := startStage(t, "") // The unit's own -idle 30s.
+	stagetest.RestartsUnderLoad(t, m, base, 6)
 }

@@ -14,8 +14,8 @@ import (
 // is not idle. Such a connection stops counting when it closes, which the server's
 // IdleTimeout (or ReadHeaderTimeout, for a client that sends nothing) makes sure of.
 type idleTimer struct {
-	after    time.Duration
-	onChange func(open int)
+	after   time.Duration
+	changed chan struct{} // a change of open not yet reported
 
 	mu    sync.Mutex
 	open  int
@@ -24,9 +24,19 @@ type idleTimer struct {
 
 // startIdleTimer returns a timer whose clock runs from now, as no connection is open
 // yet. onIdle runs once, in its own goroutine. onChange, if not nil, is called with
-// the number of open connections each time it changes, outside the timer's lock.
+// the number of open connections after it changes, from a goroutine of its own: never
+// under the timer's lock, and the last call always has the latest number.
 func startIdleTimer(after time.Duration, onIdle func(), onChange func(open int)) *idleTimer {
-	return &idleTimer{after: after, onChange: onChange, timer: time.AfterFunc(after, onIdle)}
+	t := &idleTimer{after: after, changed: make(chan struct{}, 1)}
+	t.timer = time.AfterFunc(after, onIdle)
+	if onChange != nil {
+		go func() {
+			for range t.changed {
+				onChange(t.Open())
+			}
+		}()
+	}
+	return t
 }
 
 // ConnState counts a connection from StateNew until StateClosed or StateHijacked,
@@ -48,10 +58,10 @@ func (t *idleTimer) ConnState(_ net.Conn, state http.ConnState) {
 		t.mu.Unlock()
 		return
 	}
-	open := t.open
 	t.mu.Unlock()
-	if t.onChange != nil {
-		t.onChange(open)
+	select {
+	case t.changed <- struct{}{}:
+	default: // A report is due already; it will read the new number.
 	}
 }
 

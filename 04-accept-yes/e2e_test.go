@@ -94,19 +94,23 @@ func (r floodResult) String() string {
 }
 
 // flood sends GET /roll from clients goroutines at once, each request on a new
-// connection, n requests each.
+// connection, n requests each. Each client has an address of its own (127.0.1.i),
+// as the clients of a real flood have: MaxConnectionsPerSource= does not limit them.
 func flood(addr string, clients, n int) floodResult {
 	var (
 		mu  sync.Mutex
 		res floodResult
 		wg  sync.WaitGroup
 	)
-	for range clients {
+	for i := range clients {
+		dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(i+1))}}
+		client := &http.Client{Timeout: dicetest.NewConn.Timeout, Transport: &http.Transport{
+			DisableKeepAlives: true, DialContext: dialer.DialContext}}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for range n {
-				err := tryRoll(addr)
+				_, err := dicetest.TryRoll(client, "http://"+addr)
 				mu.Lock()
 				if err == nil {
 					res.ok++
@@ -201,31 +205,25 @@ func TestUnderSystemdSurvivesAFlood(t *testing.T) {
 	assertAllGone(t, m, 2*time.Second)
 }
 
-// TestUnderSystemdMaxConnections proves that MaxConnections= bounds the processes
-// that silent clients can hold: 100 connections that send nothing never have more
-// than MaxConnections dice@ instances at once. systemd accepts each connection beyond
-// the limit and closes it at once (the client reads EOF), counts it in NRefused, and
-// keeps listening. The instances close their
-// connections after dice.ReadHeaderTimeout and are gone; then /roll works.
-func TestUnderSystemdMaxConnections(t *testing.T) {
-	const idle = 100
-	m, addr := startSocket(t, "")
-	maxConns := maxConnections(t, m)
-	require.Less(t, maxConns, idle)
+// closed is how a silent connection ended.
+type closed struct {
+	after time.Duration // from the dial to the end of the connection
+	err   error         // what the read that ended it returned
+}
 
-	type closed struct {
-		after time.Duration // from the dial to the end of the connection
-		err   error         // what the read that ended it returned
-	}
-	ends := make(chan closed, idle)
-	wait := dice.ReadHeaderTimeout + 20*time.Second
-	for range idle {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+// silent opens n connections to addr from the loopback address src that send
+// nothing, and reports how each one ends, on the channel it returns.
+func silent(t *testing.T, addr, src string, n int) <-chan closed {
+	t.Helper()
+	ends := make(chan closed, n)
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	for range n {
+		c, err := d.Dial("tcp", addr)
 		require.NoError(t, err)
-		defer c.Close()
+		t.Cleanup(func() { c.Close() })
 		dialed := time.Now()
 		go func() {
-			_ = c.SetReadDeadline(dialed.Add(wait))
+			_ = c.SetReadDeadline(dialed.Add(dice.ReadHeaderTimeout + 20*time.Second))
 			n, err := c.Read(make([]byte, 1))
 			if n > 0 {
 				err = fmt.Errorf("read %d bytes", n)
@@ -233,14 +231,38 @@ func TestUnderSystemdMaxConnections(t *testing.T) {
 			ends <- closed{time.Since(dialed), err}
 		}()
 	}
+	return ends
+}
+
+// TestUnderSystemdMaxConnections proves that MaxConnections= bounds the processes
+// that silent clients can hold: 100 connections that send nothing, from 20 client
+// addresses, never have more than MaxConnections dice@ instances at once. systemd
+// accepts each connection beyond the limit and closes it at once (the client reads
+// EOF), counts it in NRefused, and keeps listening. The instances close their
+// connections after dice.ReadHeaderTimeout and are gone; then /roll works.
+func TestUnderSystemdMaxConnections(t *testing.T) {
+	const sources, each = 20, 5
+	m, addr := startSocket(t, "")
+	maxConns := maxConnections(t, m)
+	require.Less(t, maxConns, sources*each)
+
+	var chans []<-chan closed
+	for i := range sources {
+		chans = append(chans, silent(t, addr, fmt.Sprintf("127.0.0.%d", 10+i), each))
+	}
 	var results []closed
 	most := 0
-	for len(results) < idle {
-		most = max(most, len(instances(t, m)))
-		select {
-		case r := <-ends:
-			results = append(results, r)
-		case <-time.After(100 * time.Millisecond):
+	for _, ends := range chans {
+		for range each {
+			for waiting := true; waiting; {
+				most = max(most, len(instances(t, m)))
+				select {
+				case r := <-ends:
+					results = append(results, r)
+					waiting = false
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
 		}
 	}
 
@@ -254,7 +276,7 @@ func TestUnderSystemdMaxConnections(t *testing.T) {
 		}
 	}
 	t.Logf("%d connections: at most %d instances at once, %d served, %d closed by systemd",
-		idle, most, served, refused)
+		len(results), most, served, refused)
 	assert.LessOrEqual(t, most, maxConns, "dice@ instances at once")
 	assert.Equal(t, maxConns, served, "connections served until ReadHeaderTimeout")
 	assert.Equal(t, strconv.Itoa(refused), m.Show(t, "dice.socket", "NRefused"),
@@ -264,6 +286,42 @@ func TestUnderSystemdMaxConnections(t *testing.T) {
 	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
 	status, _, _ := dicetest.Roll(t, dicetest.NewConn, "http://"+addr)
 	assert.Equal(t, http.StatusOK, status)
+}
+
+// TestUnderSystemdOnePeerCannotLockOthersOut proves MaxConnectionsPerSource=: a client
+// at 127.0.0.2 opens 40 connections and sends nothing. systemd gives it 8 processes
+// and closes its other 32 connections at once, so the slots left serve everyone else:
+// a client at 127.0.0.1 gets its 3 requests answered while the silent ones still hold
+// their processes (they would until ReadHeaderTimeout).
+func TestUnderSystemdOnePeerCannotLockOthersOut(t *testing.T) {
+	m, addr := startSocket(t, "")
+	perSource, err := strconv.Atoi(m.Show(t, "dice.socket", "MaxConnectionsPerSource"))
+	require.NoError(t, err)
+	require.Less(t, perSource, maxConnections(t, m))
+
+	const attack = 40
+	ends := silent(t, addr, "127.0.0.2", attack)
+	for range attack - perSource {
+		r := <-ends
+		require.ErrorIs(t, r.err, io.EOF, "systemd closes what is beyond the limit")
+	}
+	require.Eventually(t, func() bool { return len(instances(t, m)) == perSource },
+		10*time.Second, 20*time.Millisecond, "the silent client holds %d instances", perSource)
+
+	for i := range 3 {
+		start := time.Now()
+		status, _, _ := dicetest.Roll(t, dicetest.NewConn, "http://"+addr)
+		assert.Equal(t, http.StatusOK, status, "request %d of the other client", i)
+		t.Logf("request %d of the other client answered in %s", i,
+			time.Since(start).Round(time.Millisecond))
+	}
+	select {
+	case r := <-ends:
+		t.Fatalf("a silent connection ended (after %s) before the other client was "+
+			"answered: the answers may have waited for its slot", r.after)
+	default:
+	}
+	assert.Equal(t, strconv.Itoa(attack-perSource), m.Show(t, "dice.socket", "NRefused"))
 }
 
 // TestUnderSystemdTriggerLimitFails shows why dice.socket sets

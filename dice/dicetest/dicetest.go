@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,4 +153,47 @@ func KeepAliveRolls(t testing.TB, c net.Conn, n int) []string {
 		pids = append(pids, resp.Header.Get("Dice-Pid"))
 	}
 	return pids
+}
+
+// Load calls GET /roll at base from keepAlive clients that reuse their connection and
+// from fresh clients that open a new one for every request, until stop is called.
+// Answered counts the requests answered so far; stop returns the failures.
+func Load(base string, keepAlive, fresh int) (answered func() int64,
+	stop func() []error) {
+	var (
+		ok     atomic.Int64
+		mu     sync.Mutex
+		failed []error
+		wg     sync.WaitGroup
+	)
+	done := make(chan struct{})
+	for i := range keepAlive + fresh {
+		client := NewConn
+		if i < keepAlive {
+			client = &http.Client{Timeout: NewConn.Timeout, Transport: &http.Transport{}}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if _, err := TryRoll(client, base); err != nil {
+					mu.Lock()
+					failed = append(failed, err)
+					mu.Unlock()
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	return ok.Load, func() []error {
+		close(done)
+		wg.Wait()
+		return failed
+	}
 }

@@ -20,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"example.com/socket-dice/dice/dicetest"
+	"example.com/socket-dice/internal/systemdtest"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -175,4 +178,32 @@ func InFlight(t testing.TB, addr string) (finish func() (*http.Response, error))
 		}
 		return resp, err
 	}
+}
+
+// RestartsUnderLoad restarts dice.service of m n times, one after the other, while 4
+// clients on kept-alive connections and 4 on new connections call it at base, and
+// checks that no request failed and that the socket and the service are active. Between two restarts the new process
+// answers at least 20 requests, so that every restart happens under load.
+func RestartsUnderLoad(t *testing.T, m *systemdtest.Manager, base string, n int) {
+	t.Helper()
+	answered, stop := dicetest.Load(base, 4, 4)
+	pids := map[int]bool{}
+	for i := range n {
+		for min := answered() + 20; answered() < min; {
+			time.Sleep(10 * time.Millisecond)
+		}
+		pids[m.MainPID(t, "dice.service")] = true
+		m.MustSystemctl(t, "restart", "dice.service")
+		t.Logf("restart %d: %d requests answered so far", i+1, answered())
+	}
+	for min := answered() + 20; answered() < min; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	failed := stop()
+	t.Logf("%d restarts, %d processes: %d requests answered, %d failed", n, len(pids)+1,
+		answered(), len(failed))
+	assert.Empty(t, failed, "failed requests")
+	assert.Len(t, pids, n, "each restart started a new process")
+	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
+	assert.Equal(t, "active", m.Show(t, "dice.service", "ActiveState"))
 }
