@@ -78,7 +78,7 @@ func run(c config) error {
 	defer os.RemoveAll(tmp)
 	r := &report{config: c, started: time.Now(), load0: loadavg(), tmp: tmp,
 		targets: map[string]*target{}}
-	if err := errors.Join(os.Chmod(tmp, 0o755), build(c, tmp)); err != nil {
+	if err := errors.Join(os.Chmod(tmp, 0o755), build(top, tmp, c)); err != nil {
 		return err
 	}
 	add := func(key, label, stage, binDir, dropIn string) {
@@ -94,9 +94,14 @@ func run(c config) error {
 	add("04", "04-accept-yes", "04-accept-yes", "bin", "")
 	add("flask", "Flask (the blog's dice.py)", "", "", "")
 	if !c.measure {
+		add("04g", "04, GOMAXPROCS=1", "04-accept-yes", "bin",
+			"# bench: a variant.\n[Service]\nEnvironment=GOMAXPROCS=1\n")
 		add("f02", "floor, 02's units", "02-socket-activated", "floor", noLimit)
 		add("f03", "floor, 03's units", "03-idle-exit", "floor", "")
 		add("f04", "floor, 04's units", "04-accept-yes", "floor", "")
+		if _, err := os.Stat(filepath.Join(tmp, "cfloor", "04-accept-yes")); err == nil {
+			add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", "")
+		}
 	}
 	// Every manager stops at the end, and on Ctrl-C (once all are started).
 	defer stopAll(r.targets)
@@ -117,9 +122,9 @@ func run(c config) error {
 }
 
 // build builds the stages into tmp/bin/ as `make build` does. InstallStage runs
-// <dir>/<stage>: the floor goes to tmp/floor/, under the names of the stages it
-// stands in for.
-func build(c config, tmp string) error {
+// <dir>/<stage>: the Go floor goes to tmp/floor/, the C floor (given a C compiler) to
+// tmp/cfloor/, under the names of the stages they stand in for.
+func build(top, tmp string, c config) error {
 	gobuild := func(out string, pkgs ...string) error {
 		return command("go", append([]string{"build", "-buildvcs=false", "-trimpath",
 			"-ldflags=-s -w", "-o", out}, pkgs...)...)
@@ -131,7 +136,14 @@ func build(c config, tmp string) error {
 			err = gobuild(filepath.Join(tmp, "floor", stage), "./internal/bench/floor")
 		}
 	}
-	return err
+	if err = errors.Join(err, os.Mkdir(tmp+"/cfloor", 0o755)); err != nil || c.measure {
+		return err
+	}
+	if err := command("cc", "-static", "-O2", "-o", tmp+"/cfloor/04-accept-yes",
+		filepath.Join(top, "internal", "bench", "cfloor", "floor.c")); err != nil {
+		logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc): %v", err)
+	}
+	return nil
 }
 
 // command runs a program and logs it; its output goes into the error.
