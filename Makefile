@@ -70,14 +70,18 @@ uninstall-system: ## stop, disable and remove the system units and binary
 test-system: ## test every stage as system units, in Debian booted by nspawn
 	@scripts/test-system
 
-measure: build ## RSS of every stage and of the blog's Flask app, as a Markdown table
-	@scripts/measure-rss
+# Both build the stages as `make build` does (CGO_ENABLED=0 is for that build) and run
+# each one, the floors and the blog's Flask app under a private systemd of its own.
+# make measure prints only the table on stdout; its progress goes to stderr.
+measure: ## RSS of every stage and of the blog's Flask app, as a Markdown table
+	@scripts/need-flask
+	@CGO_ENABLED=0 $(GO) run ./internal/bench -measure
 
 # BENCH_QUICK=1: a smoke run (< 1 min) whose output goes to a temporary directory.
 BENCH_FLAGS ?= $(if $(BENCH_QUICK),-quick)
 bench: ## cold start, throughput, RSS side by side: docs/bench.md, docs/bench.svg
 	@scripts/need-flask
-	CGO_ENABLED=0 $(GO) run ./internal/bench -ldflags='-s -w' $(BENCH_FLAGS)
+	CGO_ENABLED=0 $(GO) run ./internal/bench $(BENCH_FLAGS)
 
 clean: ## remove bin/
 	rm -rf bin

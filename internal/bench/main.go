@@ -1,306 +1,305 @@
-// Command bench measures the four stages side by side under a real systemd (a private
-// user manager of scripts/user-manager) and writes docs/bench.md and docs/bench.svg;
-// `make bench` runs it. It compares them with the blog post's Flask app and with a
-// floor: a Go program without net/http, started by the same units.
+// Command bench measures the four stages side by side under a real systemd, and
+// compares them with the blog post's Flask app and with floors: programs that only
+// answer fd 3, started by the same units. Each target runs in a private user manager
+// of its own (internal/systemdtest), its units installed as committed plus drop-ins.
 //
-//	go run ./internal/bench            the full run (a few minutes), into docs/
+//	go run ./internal/bench            the full run (a few minutes): docs/bench.md, .svg
 //	go run ./internal/bench -quick     a smoke run (< 1 min), into a temporary directory
+//	go run ./internal/bench -measure   only the RSS table, on stdout (make measure)
 //
 // Benchmarks need a quiet machine: run it when `uptime` shows a low load.
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"example.com/socket-dice/internal/systemdtest"
 )
 
-// target is one thing measured: a stage, a floor or Flask, with its units installed
-// under its own name and port.
-type target struct {
-	key, label string
-	units      string   // the units' directory
-	binary     string   // what ExecStart= runs ("" for Flask)
-	args       []string // appended to ExecStart=
-	port       int
-	socket     string // name.socket, or "" when always on
-	service    string // name.service or name@.service
-}
+// python is Debian's, not one on PATH (pyenv, a venv) that may lack python3-flask.
+const python = "/usr/bin/python3"
 
-// settings of one run; -quick makes everything small.
-type settings struct {
-	quick                 bool
-	cold                  int           // cold starts per target
-	rounds                int           // alternating rounds of the load tests
-	warm, connDur, reDur  time.Duration // per round (warm, conn/s), in all (re-activations)
-	requests              int           // requests of the RSS phases
-	idle                  time.Duration // stage 03's -idle
-	ldflags               string
-	workers               int
-	out, portBase, stateD string
+// config is one run's settings; -quick makes everything small.
+type config struct {
+	quick, measure                    bool
+	out                               string
+	port                              int
+	starts, rounds, requests, clients int           // cold starts, load rounds, RSS requests
+	warmDur, connDur, idle            time.Duration // per round, per target; 03's -idle
 }
 
 func main() {
-	var s settings
-	flag.BoolVar(&s.quick, "quick", false, "smoke run: few iterations, output to a temp dir")
-	flag.StringVar(&s.out, "out", "docs", "directory for bench.md and bench.svg")
-	flag.StringVar(&s.portBase, "port", "18100", "first of the 10 ports used on 127.0.0.1")
-	flag.StringVar(&s.ldflags, "ldflags", "", "go build -ldflags for the stages and the floor")
-	flag.StringVar(&s.stateD, "state", filepath.Join(os.TempDir(),
-		"socket-dice-bench-"+strconv.Itoa(os.Getuid())), "state directory of the private manager")
-	cold := flag.Int("cold", 0, "cold starts per target (default 30, 3 with -quick)")
+	c := config{starts: 30, rounds: 3, requests: 1000, clients: 16, warmDur: 3 * time.Second,
+		connDur: 10 * time.Second, idle: 100 * time.Millisecond}
+	flag.BoolVar(&c.quick, "quick", false, "smoke run: few iterations, output to a temp dir")
+	flag.BoolVar(&c.measure, "measure", false, "only the RSS table, as Markdown on stdout")
+	flag.StringVar(&c.out, "out", "docs", "directory for bench.md and bench.svg")
+	flag.IntVar(&c.port, "port", 18100, "first of the 10 ports used on 127.0.0.1")
 	flag.Parse()
-	s.cold, s.rounds, s.warm, s.connDur, s.reDur, s.requests = 30, 3, 3*time.Second,
-		10*time.Second, 10*time.Second, 1000
-	s.idle, s.workers = 100*time.Millisecond, 16
-	if s.quick {
-		s.cold, s.rounds, s.warm, s.connDur, s.reDur, s.requests = 3, 1, 500*time.Millisecond,
-			time.Second, 2*time.Second, 100
-		if s.out == "docs" {
-			dir, err := os.MkdirTemp("", "dice-bench-out-")
-			check(err)
-			s.out = dir
-		}
+	if c.measure {
+		c.idle = 2 * time.Second
 	}
-	if *cold > 0 {
-		s.cold = *cold
+	if c.quick {
+		c.starts, c.rounds, c.requests, c.warmDur, c.connDur = 3, 1, 100, 500*time.Millisecond,
+			time.Second
 	}
-	check(run(s))
-}
-
-func check(err error) {
-	if err != nil {
+	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
-}
+func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...) }
 
-func run(s settings) error {
+func run(c config) error {
 	top, err := os.Getwd()
-	if err != nil {
-		return err
-	}
-	if _, err := os.Stat(filepath.Join(top, "go.mod")); err != nil {
+	if _, statErr := os.Stat(filepath.Join(top, "go.mod")); err != nil || statErr != nil {
 		return fmt.Errorf("run bench from the repository's top directory (make bench)")
 	}
-	if _, err := os.Stat("/usr/bin/python3"); err != nil || exec.Command("/usr/bin/python3",
-		"-c", "import flask").Run() != nil {
-		return fmt.Errorf("Debian's python3-flask is missing: apt-get install python3-flask " +
-			"(make measure installs it)")
+	if exec.Command(python, "-c", "import flask").Run() != nil {
+		return fmt.Errorf("Debian's python3-flask is missing: apt-get install python3-flask")
 	}
-	base, err := strconv.Atoi(s.portBase)
+	// The binaries and the managers' state, in a directory that services may read
+	// and whose path is short: a manager's socket path must fit in 108 bytes.
+	tmp, err := os.MkdirTemp("", "dice-bench-")
 	if err != nil {
 		return err
 	}
-	rep := &report{settings: s, started: time.Now(), load0: loadavg()}
-
-	// Build the stages and the floor into a directory services may read.
-	bin, err := os.MkdirTemp("", "dice-bench-bin-")
-	if err != nil {
+	defer os.RemoveAll(tmp)
+	r := &report{config: c, started: time.Now(), load0: loadavg(), tmp: tmp,
+		targets: map[string]*target{}}
+	if err := errors.Join(os.Chmod(tmp, 0o755), build(top, tmp, c)); err != nil {
 		return err
 	}
-	defer os.RemoveAll(bin)
-	_ = os.Chmod(bin, 0o755)
-	rep.sizes = map[string]int64{}
-	for _, pkg := range []string{"01-always-on", "02-socket-activated", "03-idle-exit",
-		"04-accept-yes", "internal/bench/floor"} {
-		out := filepath.Join(bin, filepath.Base(pkg))
-		logf("go build -ldflags=%q ./%s", s.ldflags, pkg)
-		cmd := exec.Command("go", "build", "-buildvcs=false", "-ldflags="+s.ldflags, "-o", out,
-			"./"+pkg)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("go build ./%s: %w", pkg, err)
-		}
-		if fi, err := os.Stat(out); err == nil {
-			rep.sizes[filepath.Base(pkg)] = fi.Size()
+	add := func(key, label, stage, binDir, dropIn string) {
+		r.targets[key] = &target{key: key, label: label, stage: stage, dropIn: dropIn,
+			binDir: filepath.Join(tmp, binDir), port: c.port + len(r.targets)}
+	}
+	// Timing cold starts stops 02's service 30 times in a row: the default start limit
+	// (5 starts in 10 s) would fail it after 5. 03's units size their own.
+	noLimit := "# bench: stopped and started 30 times.\n[Unit]\nStartLimitIntervalSec=0\n"
+	add("01", "01-always-on", "01-always-on", "bin", "")
+	add("02", "02-socket-activated", "02-socket-activated", "bin", noLimit)
+	add("03", "03-idle-exit", "03-idle-exit", "bin", "")
+	add("04", "04-accept-yes", "04-accept-yes", "bin", "")
+	add("flask", "Flask (the blog's dice.py)", "", "", "")
+	if !c.measure {
+		add("04g", "04, GOMAXPROCS=1", "04-accept-yes", "bin",
+			"# bench: a variant.\n[Service]\nEnvironment=GOMAXPROCS=1\n")
+		add("f02", "floor, 02's units", "02-socket-activated", "floor", noLimit)
+		add("f03", "floor, 03's units", "03-idle-exit", "floor", "")
+		add("f04", "floor, 04's units", "04-accept-yes", "floor", "")
+		if _, err := os.Stat(filepath.Join(tmp, "cfloor", "04-accept-yes")); err == nil {
+			add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", "")
 		}
 	}
-
-	m := &manager{top: top, state: s.stateD}
-	if err := m.up(); err != nil {
-		return err
-	}
-	defer m.down()
-	// Ctrl-C still stops the manager and its units.
+	// Every manager stops at the end, and on Ctrl-C (once all are started).
+	defer stopAll(r.targets)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	for _, t := range r.targets {
+		if err := t.install(top, filepath.Join(tmp, t.key), c.idle); err != nil {
+			return fmt.Errorf("%s: %w", t.label, err)
+		}
+	}
 	go func() {
 		<-sig
-		m.down()
+		stopAll(r.targets)
+		os.RemoveAll(tmp)
 		os.Exit(1)
 	}()
+	return r.measureAll()
+}
 
-	idle := "-idle " + s.idle.String()
-	floor := filepath.Join(bin, "floor")
-	units := func(stage string) string { return filepath.Join(top, "units", stage) }
-	targets := []*target{
-		{key: "01", label: "01-always-on", units: units("01-always-on"),
-			binary: filepath.Join(bin, "01-always-on")},
-		{key: "02", label: "02-socket-activated", units: units("02-socket-activated"),
-			binary: filepath.Join(bin, "02-socket-activated")},
-		{key: "03", label: "03-idle-exit", units: units("03-idle-exit"),
-			binary: filepath.Join(bin, "03-idle-exit"), args: []string{idle}},
-		{key: "04", label: "04-accept-yes", units: units("04-accept-yes"),
-			binary: filepath.Join(bin, "04-accept-yes")},
-		{key: "f02", label: "floor, 02's units", units: units("02-socket-activated"), binary: floor},
-		{key: "f03", label: "floor, 03's units", units: units("03-idle-exit"), binary: floor},
-		{key: "f04", label: "floor, 04's units", units: units("04-accept-yes"), binary: floor},
-		{key: "flask", label: "Flask (the blog's dice.py)"},
+// build builds the stages into tmp/bin/ as `make build` does. InstallStage runs
+// <dir>/<stage>: the Go floor goes to tmp/floor/, the C floor (given a C compiler) to
+// tmp/cfloor/, under the names of the stages they stand in for.
+func build(top, tmp string, c config) error {
+	gobuild := func(out string, pkgs ...string) error {
+		return command("go", append([]string{"build", "-buildvcs=false", "-trimpath",
+			"-ldflags=-s -w", "-o", out}, pkgs...)...)
 	}
-	byKey := map[string]*target{}
-	for i, t := range targets {
-		t.port = base + i
-		name := "bench-" + t.key
-		byKey[t.key] = t
-		if t.key == "flask" {
-			t.service = name + ".service"
-			if err := m.installFlask(filepath.Join(top, "internal", "bench", "flask"), name,
-				t.port); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := m.install(t.units, name, t.binary, t.args, t.port); err != nil {
-			return err
-		}
-		t.service = name + ".service"
-		if _, err := os.Stat(filepath.Join(t.units, "dice.socket")); err == nil {
-			t.socket = name + ".socket"
-		}
-		if _, err := os.Stat(filepath.Join(t.units, "dice@.service")); err == nil {
-			t.service = name + "@.service"
-		}
-		// Measuring 02's cold start stops its service 30 times in a row; systemd's
-		// default start limit (5 starts in 10 s) would fail it, and its socket, after
-		// 5. Lifting it changes no timing. (03's units size the limit themselves.)
-		if t.units == units("02-socket-activated") {
-			if err := m.dropIn(t.service, "[Unit]\nStartLimitIntervalSec=0\n"); err != nil {
-				return err
-			}
+	err := gobuild(tmp+"/bin/", "./01-always-on", "./02-socket-activated", "./03-idle-exit",
+		"./04-accept-yes")
+	for _, stage := range []string{"02-socket-activated", "03-idle-exit", "04-accept-yes"} {
+		if err == nil && !c.measure {
+			err = gobuild(filepath.Join(tmp, "floor", stage), "./internal/bench/floor")
 		}
 	}
-	if _, err := systemctl("daemon-reload"); err != nil {
+	if err = errors.Join(err, os.Mkdir(tmp+"/cfloor", 0o755)); err != nil || c.measure {
 		return err
 	}
-	for _, t := range targets {
-		if t.socket != "" {
-			if _, err := systemctl("start", t.socket); err != nil {
-				return err
-			}
-		}
+	if err := command("cc", "-static", "-O2", "-o", tmp+"/cfloor/04-accept-yes",
+		filepath.Join(top, "internal", "bench", "cfloor", "floor.c")); err != nil {
+		logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc): %v", err)
 	}
-	rep.versions = versions()
-
-	for _, key := range []string{"01", "02", "03", "04", "flask"} {
-		if err := rep.measureRSS(byKey[key], s); err != nil {
-			return fmt.Errorf("RSS of %s: %w", byKey[key].label, err)
-		}
-	}
-	if err := rep.measureCold(targets, byKey["flask"], s); err != nil {
-		return err
-	}
-	for _, key := range []string{"01", "flask"} {
-		if _, err := systemctl("start", byKey[key].service); err != nil {
-			return err
-		}
-	}
-	if err := rep.measureWarm([]*target{byKey["01"], byKey["02"], byKey["03"], byKey["flask"]},
-		s); err != nil {
-		return err
-	}
-	for _, key := range []string{"01", "02", "flask"} {
-		_, _ = systemctl("stop", byKey[key].service)
-	}
-	if err := rep.measureConns(byKey["04"], byKey["f04"], s); err != nil {
-		return err
-	}
-	if err := rep.measureReactivations(byKey["03"], s); err != nil {
-		return err
-	}
-	rep.load1 = loadavg()
-	rep.took = time.Since(rep.started)
-	if err := os.MkdirAll(s.out, 0o755); err != nil {
-		return err
-	}
-	md := filepath.Join(s.out, "bench.md")
-	if err := os.WriteFile(md, []byte(rep.markdown()), 0o644); err != nil {
-		return err
-	}
-	svg := filepath.Join(s.out, "bench.svg")
-	if err := os.WriteFile(svg, []byte(rep.svg()), 0o644); err != nil {
-		return err
-	}
-	logf("wrote %s and %s in %s", md, svg, rep.took.Round(time.Second))
 	return nil
 }
 
-// versions says what the numbers were measured with.
-func versions() map[string]string {
-	v := map[string]string{"go": runtime.Version(), "cpus": strconv.Itoa(runtime.NumCPU())}
-	if out, err := exec.Command("systemctl", "--version").Output(); err == nil {
-		v["systemd"] = strings.Fields(string(out))[1]
+// command runs a program and logs it; its output goes into the error.
+func command(name string, args ...string) error {
+	logf("%s %s", name, strings.Join(args, " "))
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w\n%s", name, err, out)
 	}
-	if out, err := exec.Command("uname", "-r").Output(); err == nil {
-		v["kernel"] = strings.TrimSpace(string(out))
+	return nil
+}
+
+// output is the trimmed standard output of a command, "?" if it fails.
+func output(name string, args ...string) string {
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		return "?"
 	}
-	if out, err := exec.Command("/usr/bin/python3", "-c",
-		"import flask, sys; print(flask.__version__, sys.version.split()[0])").Output(); err == nil {
-		f := strings.Fields(string(out))
-		v["flask"], v["python"] = f[0], f[1]
+	return strings.TrimSpace(string(out))
+}
+
+func field(s string, i int) string {
+	if f := strings.Fields(s); len(f) > i {
+		return f[i]
 	}
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if k, val, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				v["cpu"] = strings.TrimSpace(val)
-				break
+	return "?"
+}
+
+func loadavg() string { return output("cut", "-d", " ", "-f", "1-3", "/proc/loadavg") }
+
+// target is one thing measured: a stage, a floor or Flask, in a private systemd user
+// manager of its own, listening on its own port.
+type target struct {
+	key, label string
+	stage      string // the units in units/<stage>; "" for Flask
+	binDir     string // ExecStart= runs binDir/<stage>
+	dropIn     string // what this run changes, besides binary, port and -idle
+	port       int
+	m          *systemdtest.Manager
+}
+
+func (t *target) socketActivated() bool { return t.stage != "" && t.stage != "01-always-on" }
+
+// exits tells whether the service exits by itself: 03 when idle, 04 when done.
+func (t *target) exits() bool { return t.stage == "03-idle-exit" || t.stage == "04-accept-yes" }
+
+func (t *target) service() string {
+	names := map[string]string{"": "dice-flask.service", "04-accept-yes": "dice@.service"}
+	if name, ok := names[t.stage]; ok {
+		return name
+	}
+	return "dice.service"
+}
+
+// install starts the target's manager and puts its units in place, as committed plus
+// drop-ins (binary, port, 03's -idle, t.dropIn), and starts the socket. Flask is not a
+// stage: its unit is copied, and a drop-in runs this checkout's dice.py on our port.
+func (t *target) install(top, state string, idle time.Duration) (err error) {
+	if t.m, err = systemdtest.Start(top, state); err != nil {
+		return err
+	}
+	addr, flask := "127.0.0.1:"+strconv.Itoa(t.port), filepath.Join(top, "internal", "bench", "flask")
+	switch t.stage {
+	case "":
+		err = command("install", "-Dm644", filepath.Join(flask, t.service()),
+			filepath.Join(t.m.RuntimeDir(), "systemd", "user", t.service()))
+		t.dropIn = fmt.Sprintf("# bench: this checkout's dice.py, another port.\n[Service]\n"+
+			"ExecStart=\nExecStart=%s -m flask --app %s/dice.py run --host 127.0.0.1 --port %d\n",
+			python, flask, t.port)
+	case "01-always-on":
+		err = t.m.InstallStage(t.stage, t.binDir, "", "-addr", addr)
+	case "03-idle-exit":
+		err = t.m.InstallStage(t.stage, t.binDir, addr, "-idle", idle.String())
+	default:
+		err = t.m.InstallStage(t.stage, t.binDir, addr)
+	}
+	if err == nil && t.dropIn != "" {
+		err = t.m.DropIn(t.service(), "bench", t.dropIn)
+	}
+	if err == nil && t.socketActivated() {
+		err = t.systemctl("start", "dice.socket")
+	}
+	return err
+}
+
+// stopAll stops the targets' managers, with their units and processes.
+func stopAll(targets map[string]*target) {
+	for _, t := range targets {
+		if t.m != nil {
+			if err := t.m.Stop(); err != nil {
+				logf("%s: %v", t.label, err)
 			}
 		}
 	}
-	return v
 }
 
-func loadavg() string {
-	data, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
+// systemctl runs `systemctl --user args...` in the target's manager.
+func (t *target) systemctl(args ...string) error {
+	if out, err := t.m.Systemctl(args...); err != nil {
+		return fmt.Errorf("systemctl --user %s: %w: %s", strings.Join(args, " "), err, out)
 	}
-	return strings.Join(f[:3], " ")
+	return nil
 }
 
-// percentile of sorted durations, nearest rank.
-func percentile(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
+// start starts an always-on service (01, Flask) and waits until its port listens.
+func (t *target) start() error {
+	if t.socketActivated() {
+		return nil
 	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(p*float64(len(s))+0.999999) - 1
-	return s[min(max(i, 0), len(s)-1)]
+	if err := t.systemctl("start", t.service()); err != nil {
+		return err
+	}
+	return waitFor(20*time.Second, t.label+" to listen", func() bool {
+		tcp, _ := os.ReadFile("/proc/net/tcp") // 0A: listening
+		return strings.Contains(string(tcp), fmt.Sprintf(" 0100007F:%04X 00000000:0000 0A", t.port))
+	})
 }
 
-func median(f []float64) float64 {
-	if len(f) == 0 {
-		return 0
+// stop stops the service, unless it exits by itself.
+func (t *target) stop() error {
+	if t.exits() {
+		return nil
 	}
-	s := append([]float64(nil), f...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
+	return t.systemctl("stop", t.service())
+}
+
+func (t *target) prop(unit, prop string) string {
+	value, _ := t.m.Prop(unit, prop)
+	return value
+}
+
+// idle tells whether no process of the target runs.
+func (t *target) idle() bool { return t.rss().procs == 0 }
+
+// listening tells whether the target's socket still listens.
+func (t *target) listening() bool { return t.prop("dice.socket", "SubState") == "listening" }
+
+// rss is the target's processes (the main process of its service, or of each
+// instance) and their RSS: VmRSS of /proc/<pid>/status, what `ps -o rss=` shows.
+func (t *target) rss() (r rss) {
+	for _, pid := range strings.Fields(t.prop(strings.Replace(t.service(), "@", "@*", 1),
+		"MainPID")) {
+		status, err := os.ReadFile("/proc/" + pid + "/status")
+		if _, value, ok := strings.Cut(string(status), "VmRSS:"); err == nil && ok {
+			kib, _ := strconv.Atoi(field(value, 0))
+			r.procs, r.kib = r.procs+1, r.kib+kib
+		}
 	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	return r
+}
+
+// waitFor polls cond every millisecond until it holds or timeout passes.
+func waitFor(timeout time.Duration, what string, cond func() bool) error {
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s waiting for %s", timeout, what)
+		}
+	}
+	return nil
 }

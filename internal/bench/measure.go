@@ -1,282 +1,402 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
+	_ "embed"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"text/template"
 	"time"
 )
 
-// phase is the memory of a target at one moment: its processes and their RSS.
-type phase struct{ procs, kib int }
+// rss is the memory of a target at one moment: its processes and their RSS in KiB.
+type rss struct{ procs, kib int }
 
-func (p phase) String() string {
-	switch p.procs {
-	case 0:
+func (r rss) String() string {
+	if r.procs == 0 {
 		return "no process, 0 KiB"
-	case 1:
-		return fmt.Sprintf("1 process, %d KiB", p.kib)
 	}
-	return fmt.Sprintf("%d processes, %d KiB", p.procs, p.kib)
+	return fmt.Sprintf("%d process%s, %d KiB", r.procs, map[bool]string{true: "es"}[r.procs > 1],
+		r.kib)
 }
 
-type rssRow struct {
-	t      *target
-	phases [4]phase // started, 1st request, N requests, later
-}
-
-type coldRow struct {
-	t      *target
-	times  []time.Duration
-	failed int
-	err    error
-}
-
-type rateRow struct {
-	t      *target
-	rates  []float64 // per round
-	ok     int64
-	failed int64
-	secs   float64
-	err    error
-	listen bool // the socket still listened afterwards
-}
-
-func (r *rateRow) add(c counts) {
-	r.rates = append(r.rates, c.rate())
-	r.ok += c.ok
-	r.failed += c.failed
-	r.secs += c.elapsed.Seconds()
-	if r.err == nil {
-		r.err = c.firstErr
-	}
-}
-
-func (r *rateRow) rate() float64 { return float64(r.ok) / r.secs }
-
+// report is what was measured, by target key.
 type report struct {
-	settings
-	started      time.Time
-	took         time.Duration
-	load0, load1 string
-	versions     map[string]string
-	sizes        map[string]int64
-	rss          []rssRow
-	cold         []*coldRow
-	warm         []*rateRow
-	conns        []*rateRow
-	react        struct {
-		pids   int
-		c      counts
-		listen bool
-	}
+	config
+	started          time.Time
+	load0, tmp       string // the load average before; the binaries' directory
+	targets          map[string]*target
+	rss              map[string][4]rss // started, 1st request, N requests, closed and idle
+	cold, warm, conn map[string]sample
 }
 
-// portListening tells whether something listens on 127.0.0.1:port (/proc/net/tcp).
-func portListening(port int) bool {
-	f, err := os.Open("/proc/net/tcp")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	want := fmt.Sprintf("0100007F:%04X 00000000:0000 0A", port)
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if strings.Contains(s.Text(), want) {
-			return true
+// measureAll measures the targets and writes the results: the RSS table on stdout
+// with -measure, else bench.md and bench.svg.
+func (r *report) measureAll() (err error) {
+	r.rss = map[string][4]rss{}
+	for _, k := range []string{"01", "02", "03", "04", "flask"} {
+		t := r.targets[k]
+		if r.rss[k], err = measureRSS(t, r.requests, r.idle); err != nil {
+			return fmt.Errorf("RSS of %s: %w", t.label, err)
 		}
 	}
-	return false
-}
-
-func (t *target) phase() phase {
-	var p phase
-	for _, pid := range t.pids() {
-		p.procs++
-		p.kib += rssKiB(pid)
+	if r.measure {
+		return r.write(os.Stdout, "measure")
 	}
-	return p
+	r.cold = r.alternate("cold starts", r.starts, cold, "02", "03", "04", "f02", "f03", "f04",
+		"c04", "flask")
+	r.warm = r.alternate("warm throughput", r.rounds, func(t *target) sample {
+		c := client(r.clients)
+		defer c.CloseIdleConnections()
+		if err := t.start(); err != nil {
+			return result(err)
+		}
+		hammer(c, t.port, r.clients, 300*time.Millisecond) // warm-up
+		s := hammer(c, t.port, r.clients, r.warmDur)
+		if err := t.stop(); err != nil {
+			s.add(result(err))
+		}
+		return s
+	}, "01", "02", "03", "flask")
+	rounds := max(2, r.rounds)
+	r.conn = r.alternate("stage 04 connections/s", rounds, func(t *target) sample {
+		if err := waitFor(30*time.Second, t.label+" to be idle", t.idle); err != nil {
+			return result(err)
+		}
+		s := hammer(client(0), t.port, r.clients, r.connDur/time.Duration(rounds))
+		if !t.listening() {
+			s.add(result(fmt.Errorf("dice.socket no longer listens after the load")))
+		}
+		return s
+	}, "04", "04g", "f04", "c04")
+	if r.quick && r.out == "docs" {
+		if r.out, err = os.MkdirTemp("", "dice-bench-out-"); err != nil {
+			return err
+		}
+	}
+	logf("the run took %s; writing bench.md and bench.svg in %s",
+		time.Since(r.started).Round(time.Second), r.out)
+	for _, name := range []string{"bench.md", "bench.svg"} {
+		var b bytes.Buffer
+		if err := errors.Join(r.write(&b, name), os.WriteFile(filepath.Join(r.out, name),
+			b.Bytes(), 0o644)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// measureRSS is what scripts/measure-rss does, for one target.
-func (r *report) measureRSS(t *target, s settings) error {
+// measureRSS reads the RSS of t started, after one request, after n requests on one
+// keep-alive connection, and idle after that connection closed.
+func measureRSS(t *target, n int, idle time.Duration) (phases [4]rss, err error) {
 	logf("RSS: %s", t.label)
-	if t.socket == "" {
-		if _, err := systemctl("start", t.service); err != nil {
-			return err
-		}
+	if err := t.start(); err != nil {
+		return phases, err
 	}
-	if err := waitFor(20*time.Second, "a listening port", func() bool {
-		return portListening(t.port)
-	}); err != nil {
-		return err
-	}
-	time.Sleep(300 * time.Millisecond)
-	row := rssRow{t: t}
-	row.phases[0] = t.phase()
-	client := keepAliveClient(1)
-	url := "http://127.0.0.1:" + strconv.Itoa(t.port) + "/roll"
-	for i := 0; i < s.requests; i++ {
-		if err := get(client, url); err != nil {
-			return err
+	time.Sleep(500 * time.Millisecond)
+	phases[0] = t.rss()
+	c := client(1)
+	for i := range n {
+		if err := roll(c, t.port); err != nil {
+			return phases, err
 		}
 		if i == 0 {
 			time.Sleep(200 * time.Millisecond)
-			row.phases[1] = t.phase()
+			phases[1] = t.rss()
 		}
 	}
 	time.Sleep(200 * time.Millisecond)
-	row.phases[2] = t.phase()
-	client.CloseIdleConnections()
-	time.Sleep(s.idle)
-	if t.key == "03" || t.key == "04" {
-		if err := waitFor(10*time.Second, t.label+" to exit", t.noProcess); err != nil {
-			return err
-		}
+	phases[2] = t.rss()
+	c.CloseIdleConnections()
+	time.Sleep(idle)
+	if err := waitFor(10*time.Second, t.label+" to exit", func() bool {
+		return !t.exits() || t.idle()
+	}); err != nil {
+		return phases, err
 	}
 	time.Sleep(200 * time.Millisecond)
-	row.phases[3] = t.phase()
-	logf("  %s | %s | %s | %s", row.phases[0], row.phases[1], row.phases[2], row.phases[3])
-	r.rss = append(r.rss, row)
-	if t.key != "03" && t.key != "04" {
-		_, err := systemctl("stop", t.service)
-		return err
-	}
-	return nil
+	phases[3] = t.rss()
+	logf("  %s | %s | %s | %s", phases[0], phases[1], phases[2], phases[3])
+	return phases, t.stop()
 }
 
-// measureCold times first responses with no process running, alternating targets.
-func (r *report) measureCold(targets []*target, flask *target, s settings) error {
-	var rows []*coldRow
-	for _, t := range targets {
-		if t.socket != "" && t.key != "01" {
-			rows = append(rows, &coldRow{t: t})
-		}
-	}
-	rows = append(rows, &coldRow{t: flask})
-	logf("cold starts: %d per target, alternating", s.cold)
-	for i := 0; i < s.cold; i++ {
-		for j := range rows {
-			row := rows[(i+j)%len(rows)]
-			d, err := coldOnce(row.t)
-			if err != nil {
-				row.failed++
-				if row.err == nil {
-					row.err = err
-				}
-				continue
-			}
-			row.times = append(row.times, d)
-		}
-	}
-	_, _ = systemctl("stop", flask.service)
-	for _, row := range rows {
-		logf("  %-28s p50 %7s  p95 %7s  failed %d %v", row.t.label,
-			percentile(row.times, 0.5).Round(10*time.Microsecond),
-			percentile(row.times, 0.95).Round(10*time.Microsecond), row.failed, row.err)
-	}
-	r.cold = rows
-	return nil
-}
-
-// coldOnce makes sure no process of t runs, then times one first response. For Flask,
-// it is exec to first response: systemd's ExecMainStartTimestampMonotonic to the end
-// of the first response, polling the port from the start.
-func coldOnce(t *target) (time.Duration, error) {
-	if t.key == "02" || t.key == "flask" {
-		if _, err := systemctl("stop", t.service); err != nil {
-			return 0, err
-		}
-	}
-	if err := waitFor(10*time.Second, t.label+" to have no process", t.noProcess); err != nil {
-		return 0, err
-	}
+// cold times one first response with no process running: from the client's connect
+// to the full response. Flask is not socket-activated: its time runs from
+// `systemctl start` to its first full response.
+func cold(t *target) sample {
+	err := errors.Join(t.stop(), waitFor(10*time.Second, t.label+" to have no process", t.idle))
 	time.Sleep(20 * time.Millisecond)
-	if t.key != "flask" {
-		return timedRequest(t.port)
-	}
-	if _, err := systemctl("start", "--no-block", t.service); err != nil {
-		return 0, err
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		_, err := oneRequest(t.port)
-		if err == nil {
-			break
+	start := time.Now()
+	if err == nil {
+		if err = t.start(); err == nil {
+			err = roll(client(0), t.port)
 		}
-		if !isRefused(err) || time.Now().After(deadline) {
-			return 0, err
-		}
-		time.Sleep(time.Millisecond)
 	}
-	end := monotonic()
-	usec, err := strconv.ParseInt(show(t.service, "ExecMainStartTimestampMonotonic"), 10, 64)
-	if err != nil || usec == 0 {
-		return 0, fmt.Errorf("no ExecMainStartTimestampMonotonic for %s", t.service)
+	if d := time.Since(start); err == nil {
+		return sample{ok: 1, elapsed: d, times: []time.Duration{d}}
 	}
-	return end - time.Duration(usec)*time.Microsecond, nil
+	return result(err)
 }
 
-// measureWarm is keep-alive throughput, rounds alternating between the targets.
-func (r *report) measureWarm(targets []*target, s settings) error {
-	rows := make([]*rateRow, len(targets))
-	for i, t := range targets {
-		rows[i] = &rateRow{t: t}
-	}
-	logf("warm throughput: %d clients, %d rounds of %s, alternating", s.workers, s.rounds, s.warm)
-	for i := 0; i < s.rounds; i++ {
-		for j := range rows {
-			row := rows[(i+j)%len(rows)]
-			row.add(throughput(row.t.port, s.workers, 300*time.Millisecond, s.warm))
+// alternate measures the targets of keys there are in turn, rounds times: the sums.
+func (r *report) alternate(what string, rounds int, measure func(*target) sample,
+	keys ...string) map[string]sample {
+	logf("%s: %d rounds, alternating", what, rounds)
+	var targets []*target
+	for _, k := range keys {
+		if t := r.targets[k]; t != nil {
+			targets = append(targets, t)
 		}
 	}
-	for _, row := range rows {
-		logf("  %-28s %8.0f req/s (median of rounds %.0f), failed %d %v", row.t.label,
-			row.rate(), median(row.rates), row.failed, row.err)
-	}
-	r.warm = rows
-	return nil
-}
-
-// measureConns is new connections per second, each served by a new process.
-func (r *report) measureConns(stage, floor *target, s settings) error {
-	rows := []*rateRow{{t: stage}, {t: floor}}
-	rounds := max(2, s.rounds)
-	logf("stage 04 connections/s: %d clients, %s per target in %d alternating rounds",
-		s.workers, s.connDur, rounds)
-	for i := 0; i < rounds; i++ {
-		for j := range rows {
-			row := rows[(i+j)%len(rows)]
-			if err := waitFor(30*time.Second, row.t.label+" to have no process",
-				row.t.noProcess); err != nil {
-				return err
-			}
-			row.add(connections(row.t.port, s.workers, s.connDur/time.Duration(rounds)))
+	total := map[string]sample{}
+	for i := range rounds {
+		for j := range targets {
+			t := targets[(i+j)%len(targets)]
+			s := total[t.key]
+			s.add(measure(t))
+			total[t.key] = s
 		}
 	}
-	for _, row := range rows {
-		row.listen = row.t.listening()
-		logf("  %-28s %8.0f conn/s, failed %d, socket listening %v %v", row.t.label,
-			row.rate(), row.failed, row.listen, row.err)
+	for _, t := range targets {
+		s := total[t.key]
+		logf("  %-28s %5d ok, %8.0f/s, p50 %s, %d failed %v", t.label, s.ok, s.rate(),
+			ms(s.p(50)), s.failed, s.err)
 	}
-	r.conns = rows
-	return nil
+	return total
 }
 
-// measureReactivations: requests spaced just past -idle, each served by a new process.
-func (r *report) measureReactivations(t *target, s settings) error {
-	if err := waitFor(10*time.Second, t.label+" to exit", t.noProcess); err != nil {
+// client is a net/http client keeping up to n connections to one host; with n = 0
+// it opens a new connection for every request (Connection: close).
+func client(n int) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: n, MaxConnsPerHost: n, DisableKeepAlives: n == 0}}
+}
+
+// roll sends GET /roll to port and reads the response; anything but a 200 is an error.
+func roll(c *http.Client, port int) error {
+	resp, err := c.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/roll")
+	if err != nil {
 		return err
 	}
-	logf("stage 03 re-activations for %s, requests %s apart (-idle %s)", s.reDur,
-		s.idle+20*time.Millisecond, s.idle)
-	r.react.pids, r.react.c = reactivations(t.port, s.idle+20*time.Millisecond, s.reDur)
-	r.react.listen = t.listening()
-	logf("  %d processes in %s: %.1f/s, %d failed, socket listening %v %v", r.react.pids,
-		r.react.c.elapsed.Round(time.Millisecond),
-		float64(r.react.pids)/r.react.c.elapsed.Seconds(), r.react.c.failed, r.react.listen,
-		r.react.c.firstErr)
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s", resp.Status)
+	}
 	return nil
+}
+
+// sample is what measuring a target gave: successes (with their times, for cold
+// starts), failures and the first error, and the time it took.
+type sample struct {
+	ok, failed int
+	elapsed    time.Duration
+	times      []time.Duration
+	err        error
+}
+
+func (s *sample) add(o sample) {
+	s.ok, s.failed, s.elapsed = s.ok+o.ok, s.failed+o.failed, s.elapsed+o.elapsed
+	s.times = append(s.times, o.times...)
+	if s.err == nil {
+		s.err = o.err
+	}
+}
+
+func (s sample) rate() float64 { return float64(s.ok) / s.elapsed.Seconds() }
+
+// p is the nearest-rank percentile of the times.
+func (s sample) p(percent int) time.Duration {
+	if len(s.times) == 0 {
+		return 0
+	}
+	return slices.Sorted(slices.Values(s.times))[(len(s.times)*percent+99)/100-1]
+}
+
+// result is one request's sample, without its time.
+func result(err error) sample {
+	if err != nil {
+		return sample{failed: 1, err: err}
+	}
+	return sample{ok: 1}
+}
+
+// hammer sends GET /roll to port with c from workers goroutines for d.
+func hammer(c *http.Client, port, workers int, d time.Duration) (total sample) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Since(start) < d {
+				err := roll(c, port)
+				mu.Lock()
+				total.add(result(err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	total.elapsed = time.Since(start)
+	return total
+}
+
+// reportTemplates are the texts of -measure's output, bench.md and bench.svg.
+//
+//go:embed report.tmpl
+var reportTemplates string
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
+
+// failures is the count of failures and the first error.
+func failures(s sample) string {
+	if s.err == nil {
+		return fmt.Sprint(s.failed)
+	}
+	return fmt.Sprintf("%d (first error: %v)", s.failed, s.err)
+}
+
+// ratio is a's rate to b's, "–" when b was not measured.
+func ratio(a, b sample) string {
+	if b.ok == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", a.rate()/b.rate())
+}
+
+// rows are table rows: for each target of keys there is, its label and cells(key).
+func (r *report) rows(cells func(k string) []string, keys ...string) (rows [][]string) {
+	for _, k := range keys {
+		if t := r.targets[k]; t != nil {
+			rows = append(rows, append([]string{t.label}, cells(k)...))
+		}
+	}
+	return rows
+}
+
+// write executes the template name ("measure", "bench.md" or "bench.svg") on the results.
+func (r *report) write(w io.Writer, name string) error {
+	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
+	_, cpu, _ := strings.Cut(string(cpuinfo), "model name")
+	cpu, _, _ = strings.Cut(strings.TrimLeft(cpu, "\t :"), "\n")
+	var sizes []string
+	for _, path := range []string{"bin/01-always-on", "bin/02-socket-activated",
+		"bin/03-idle-exit", "bin/04-accept-yes", "floor/04-accept-yes", "cfloor/04-accept-yes"} {
+		if fi, err := os.Stat(filepath.Join(r.tmp, path)); err == nil {
+			sizes = append(sizes, fmt.Sprintf("%s %.1f MB", path, float64(fi.Size())/1e6))
+		}
+	}
+	d := map[string]any{"Date": r.started.UTC().Format("2006-01-02 15:04 UTC"), "CPU": cpu,
+		"CPUs": runtime.NumCPU(), "Go": runtime.Version(), "Requests": r.requests, "Idle": r.idle,
+		"Starts": r.starts, "Rounds": r.rounds, "Clients": r.clients, "WarmDur": r.warmDur,
+		"ConnDur": r.connDur, "Quick": r.quick, "Load0": r.load0, "Load1": loadavg(),
+		"Sizes": strings.Join(sizes, ", "), "Took": time.Since(r.started).Round(time.Second),
+		"Systemd": field(output("systemctl", "--version"), 1), "Kernel": output("uname", "-r"),
+		"CGO": output("go", "env", "CGO_ENABLED"), "Goals": r.goals(), "Charts": r.charts(),
+		"Flask": output(python, "-c", "import sys, importlib.metadata as m; "+
+			"print(m.version('flask'), '(Python', sys.version.split()[0]+')')"),
+		"RSS": r.rows(func(k string) []string {
+			return []string{r.rss[k][0].String(), r.rss[k][1].String(), r.rss[k][2].String(),
+				r.rss[k][3].String()}
+		}, "01", "02", "03", "04", "flask"),
+		"Cold": r.rows(func(k string) []string {
+			s := r.cold[k]
+			return []string{ms(s.p(50)), ms(s.p(95)), fmt.Sprint(len(s.times)), failures(s)}
+		}, "02", "03", "04", "f02", "f03", "f04", "c04", "flask"),
+		"Warm": r.rows(func(k string) []string {
+			s := r.warm[k]
+			return []string{fmt.Sprintf("%.0f", s.rate()), ratio(s, r.warm["01"]), failures(s)}
+		}, "01", "02", "03", "flask"),
+		"Conn": r.rows(func(k string) []string {
+			s := r.conn[k]
+			return []string{fmt.Sprintf("%.0f", s.rate()), failures(s), ratio(s, r.conn["f04"]),
+				ratio(s, r.conn["c04"])}
+		}, "04", "04g", "f04", "c04")}
+	row := func(cells []string) string { return "| " + strings.Join(cells, " | ") + " |\n" }
+	t := template.Must(template.New("").Funcs(template.FuncMap{"row": row}).Parse(reportTemplates))
+	return t.ExecuteTemplate(w, name, d)
+}
+
+// goals are the project's goals, each as goal, measured figures, verdict.
+func (r *report) goals() (g [][]string) {
+	add := func(goal string, met bool, format string, args ...any) {
+		g = append(g, []string{goal, fmt.Sprintf(format, args...),
+			map[bool]string{true: "**met**", false: "**missed**"}[met]})
+	}
+	idle := r.rss["02"][0].procs + r.rss["03"][0].procs + r.rss["03"][3].procs +
+		r.rss["04"][0].procs + r.rss["04"][3].procs
+	add("P1 stages 02–04 idle: no process, 0 KiB", idle == 0, "%d processes before the first "+
+		"request (02–04) and after idle or close (03, 04)", idle)
+	goMax, flask := 0, r.rss["flask"][2].kib
+	for _, k := range []string{"01", "02", "03", "04"} {
+		goMax = max(goMax, r.rss[k][1].kib, r.rss[k][2].kib)
+	}
+	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask, "largest Go stage %d KiB / Flask "+
+		"%d KiB (after %d requests) = %.2f×", goMax, flask, r.requests, float64(goMax)/float64(flask))
+	fl := r.cold["flask"].p(50)
+	for _, k := range []string{"02", "03", "04"} {
+		s, f := r.cold[k], r.cold["f"+k].p(50)
+		x, y := float64(s.p(50))/float64(f), float64(s.p(50))/float64(fl)
+		add("P2 "+k+" cold ≤ 1.5× floor, ≤ 0.1× Flask", x <= 1.5 && y <= 0.1 && s.failed == 0,
+			"p50 %s vs floor %s = %.2f×; vs Flask %s = %.3f×", ms(s.p(50)), ms(f), x, ms(fl), y)
+	}
+	for _, k := range []string{"02", "03"} {
+		w, base := r.warm[k], r.warm["01"]
+		add("P3 warm throughput "+k+"/01 ≥ 0.95", w.rate() >= 0.95*base.rate() && w.failed == 0,
+			"%.0f / %.0f req/s = %.2f", w.rate(), base.rate(), w.rate()/base.rate())
+	}
+	s, f, c := r.conn["04"], r.conn["f04"], r.conn["c04"]
+	add("P4 stage 04 ≥ 0.9× the Go floor's connections/s, 0 failures", s.rate() >= 0.9*f.rate() &&
+		s.failed == 0, "%.0f / %.0f conn/s = %.2f×, %d failed", s.rate(), f.rate(),
+		s.rate()/f.rate(), s.failed)
+	if c.ok > 0 {
+		add("P4 stage 04 ≥ 0.85× the C floor's connections/s", s.rate() >= 0.85*c.rate(),
+			"%.0f / %.0f conn/s = %.2f× (with GOMAXPROCS=1: %.2f×)", s.rate(), c.rate(),
+			s.rate()/c.rate(), r.conn["04g"].rate()/c.rate())
+	}
+	re, listening := r.cold["03"], r.targets["03"].listening()
+	add("P5 stage 03 re-activated after every idle exit, 0 failures", re.failed == 0 &&
+		listening, "%d of %d cold starts answered, each by a new process; socket listening: %v",
+		re.ok, re.ok+re.failed, listening)
+	return g
+}
+
+// charts are bench.svg's bar charts: RSS after r.requests requests, cold start p50.
+func (r *report) charts() []any {
+	chart := func(x int, title, unit string, value func(string) float64, keys ...string) any {
+		var bars []map[string]any
+		top := 0.0
+		for _, k := range keys {
+			top = max(top, value(k))
+		}
+		for _, k := range keys {
+			if t := r.targets[k]; t != nil {
+				bars = append(bars, map[string]any{"Label": t.label, "Y": 64 + 26*len(bars),
+					"Width": value(k) / top * 200, "Flask": k == "flask",
+					"Value": fmt.Sprintf("%.1f %s", value(k), unit)})
+			}
+		}
+		return map[string]any{"X": x, "Title": title, "Bars": bars}
+	}
+	return []any{
+		chart(10, fmt.Sprintf("RSS after %d requests", r.requests), "MiB", func(k string) float64 {
+			return float64(r.rss[k][2].kib) / 1024
+		}, "01", "02", "03", "04", "flask"),
+		chart(460, "Cold first response, p50", "ms", func(k string) float64 {
+			return float64(r.cold[k].p(50)) / 1e6
+		}, "02", "03", "04", "f02", "f03", "f04", "c04", "flask"),
+	}
 }
