@@ -25,7 +25,7 @@ STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
 PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4,$(N)),2,$(shell expr 0$(N) - 1))-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
-.PHONY: install-system uninstall-system test-system measure bench
+.PHONY: install-system uninstall-system test-system test-distros measure bench
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -68,8 +68,12 @@ install-system: ## install-system STAGE=2: hardened system units (DESTDIR, PREFI
 uninstall-system: ## stop, disable and remove the system units and binary
 	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" scripts/install-system --uninstall
 
-test-system: ## test every stage as system units, in Debian booted by nspawn
-	@scripts/test-system
+test-system: ## every stage as system units (install-system), in Debian 12 under nspawn
+	@DICE_STEPS='system-*' scripts/test-distros bookworm
+
+# DISTROS=trixie: only that release (bookworm, trixie, forky).
+test-distros: ## the README as a user in a login session, on Debian 12, 13 and testing
+	@scripts/test-distros $(DISTROS)
 
 # Both build the stages as `make build` does (CGO_ENABLED=0 is for that build) and run
 # each one, the floors and the blog's Flask app under a private systemd of its own.
