@@ -2,6 +2,8 @@
 # `make` alone lists the targets.
 
 STAGES := $(sort $(patsubst %/,%,$(wildcard 0[1-9]-*/)))
+# The stages with a program of their own; 05 runs 01's program behind a proxy.
+PROGRAMS := $(sort $(patsubst %/main.go,%,$(wildcard 0[1-9]-*/main.go)))
 GO     ?= go
 # Static, without symbol tables: 1.8 MB less RSS per process than a cgo build, and
 # 0.7-1.8 ms less per exec, which stage 04 pays on every connection (measured with
@@ -21,8 +23,9 @@ ifneq ($(filter $(firstword $(MAKECMDGOALS)),run-stage diff),)
 endif
 STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
 # Each stage builds on the one before it, except 04: one process per connection has
-# nothing to gain from an idle exit, so it builds on 02, as 03 does.
-PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4,$(N)),2,$(shell expr 0$(N) - 1))-*/))
+# nothing to gain from an idle exit, so it builds on 02, as 03 does. And 05: the same
+# socket as 02, but in front of a proxy and an app that cannot take it (01's program).
+PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(shell expr 0$(N) - 1))-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
 .PHONY: install-system uninstall-system test-system test-distros measure bench
@@ -32,7 +35,7 @@ help: ## list the targets
 
 build: ## build every stage into bin/<stage>
 	@mkdir -p bin
-	@for s in $(STAGES); do echo "$(GOBUILD) -o bin/$$s ./$$s"; \
+	@for s in $(PROGRAMS); do echo "$(GOBUILD) -o bin/$$s ./$$s"; \
 		$(GOBUILD) -o bin/$$s ./$$s || exit 1; done
 
 # go test -race needs cgo, and so a C compiler; without one the tests run without it.
@@ -50,9 +53,10 @@ diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
 	@diff -ruN --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
 	@diff -ruN units/$(PREV) units/$(STAGE); test $$? -le 1
 
+# BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy.
 run-stage: build ## run-stage 2: install stage 2's units as user units and start them
 	@test -n "$(STAGE)" || { echo "usage: make run-stage 2   (stages: $(STAGES))"; exit 2; }
-	@scripts/run-stage $(STAGE)
+	@DICE_BACKEND="$(BACKEND)" scripts/run-stage $(STAGE)
 
 stop-stage: ## stop the running stage, remove its units (and a private manager)
 	@scripts/run-stage --stop

@@ -321,3 +321,10 @@ func processesWithEnv(entry string) []string {
 	}
 	return found
 }
+
+// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI), for
+// something else a test cannot do without, such as python3-flask for a Flask backend.
+func SkipOrFail(t testing.TB, msg string) {
+	t.Helper()
+	skipOrFail(t, msg)
+}

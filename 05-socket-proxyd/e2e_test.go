@@ -1,0 +1,464 @@
+// Package socketproxyd holds no program: stage 05 runs stage 01's program, unchanged,
+// behind systemd-socket-proxyd (units/05-socket-proxyd). These tests run those units
+// under a real systemd user manager of their own (package systemdtest), on free ports
+// instead of 8080 and 8081, with a shorter --exit-idle-time where they say so.
+package socketproxyd
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"example.com/socket-dice/dice/dicetest"
+	"example.com/socket-dice/internal/systemdtest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const (
+	stage   = "05-socket-proxyd"
+	proxy   = "dice-proxy.service"
+	backend = "dice-backend.service"
+	proxyd  = "/usr/lib/systemd/systemd-socket-proxyd"
+)
+
+// service is the stage's units as one test runs them.
+type service struct {
+	m    *systemdtest.Manager
+	base string // http://127.0.0.1:<the socket's port>
+	bin  string // the directory of 01-always-on
+	port int    // the backend's port
+}
+
+// startStage installs the stage's units under a private systemd user manager: the
+// socket on a free port, the backend (stage 01's program, or with flask the post's
+// dice.py, as `make run-stage 5 BACKEND=flask` runs it) on another, the proxy with
+// --exit-idle-time=idle. It starts dice.socket only and checks that nothing else runs.
+func startStage(t *testing.T, flask bool, idle string) *service {
+	t.Helper()
+	if flask {
+		needFlask(t)
+		t.Setenv("DICE_BACKEND", "flask") // Read by scripts/run-stage.
+	}
+	s := &service{m: systemdtest.New(t), bin: systemdtest.BuildStage(t, "01-always-on")}
+	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
+	s.base = "http://" + addr
+	s.port = systemdtest.FreePort(t)
+	require.NoError(t, s.m.InstallStage(stage, s.bin, addr))
+	require.NoError(t, s.m.DropIn(proxy, "test", fmt.Sprintf("[Service]\nExecStart=\n"+
+		"ExecStart=%s --exit-idle-time=%s 127.0.0.1:%d\n", proxyd, idle, s.port)))
+	require.NoError(t, s.m.DropIn(backend, "test", fmt.Sprintf("[Service]\nEnvironment=PORT=%d\n",
+		s.port)))
+	s.m.MustSystemctl(t, "start", "dice.socket")
+	s.m.WaitProp(t, "dice.socket", "SubState", "listening", 10*time.Second)
+	require.Equal(t, "inactive inactive", s.states(t), "nothing runs before the first request")
+	require.Equal(t, 0, s.m.MainPID(t, proxy))
+	require.Equal(t, 0, s.m.MainPID(t, backend))
+	return s
+}
+
+func needFlask(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no tests under a real systemd")
+	}
+	if exec.Command("/usr/bin/python3", "-c", "import flask").Run() != nil {
+		systemdtest.SkipOrFail(t, "the Flask backend needs python3-flask: scripts/need-flask")
+	}
+}
+
+// states is the ActiveState of the proxy and the backend, from one systemctl call.
+func (s *service) states(t *testing.T) string {
+	t.Helper()
+	out := s.m.MustSystemctl(t, "show", "-p", "ActiveState", "--value", proxy, backend)
+	return strings.Join(strings.Fields(out), " ")
+}
+
+// waitIdle waits until the proxy has exited idle and systemd has stopped the backend.
+func (s *service) waitIdle(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		if s.states(t) == "inactive inactive" {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("proxy and backend: %q after 30 s, want both inactive", s.states(t))
+}
+
+// roll is one GET /roll on a new connection, answered 200 with a result from 1 to 6;
+// it returns Dice-Pid, empty from the Flask backend. It does not fail the test, so a
+// spawned goroutine may call it.
+func roll(base string) (pid string, err error) {
+	resp, err := dicetest.NewConn.Get(base + "/roll")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var a struct{ Result int }
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+		return "", fmt.Errorf("status %d, body: %w", resp.StatusCode, err)
+	}
+	if resp.StatusCode != http.StatusOK || a.Result < 1 || a.Result > 6 {
+		return "", fmt.Errorf("status %d, result %d", resp.StatusCode, a.Result)
+	}
+	return resp.Header.Get("Dice-Pid"), nil
+}
+
+// TestZeroProcessesWhenIdle proves the stage's promise, for both backends: nothing
+// runs before the first request; it starts the backend, then the proxy, and is
+// answered by the backend; after the idle time both exit (status 0) while dice.socket
+// goes on listening; the next request starts both again.
+func TestZeroProcessesWhenIdle(t *testing.T) {
+	for _, flask := range []bool{false, true} {
+		t.Run(map[bool]string{false: "go", true: "flask"}[flask], func(t *testing.T) {
+			s := startStage(t, flask, "300ms")
+			var pids []int
+			for i := range 2 {
+				answeredBy, err := roll(s.base)
+				require.NoError(t, err, "request %d", i)
+				pid := s.m.MainPID(t, backend)
+				require.Positive(t, pid)
+				if !flask {
+					assert.Equal(t, strconv.Itoa(pid), answeredBy, "Dice-Pid is the backend's MainPID")
+				}
+				assert.DirExists(t, fmt.Sprintf("/proc/%d", s.m.MainPID(t, proxy)), "the proxy runs")
+				// The proxy started only once the backend was active, i.e. listening.
+				assert.GreaterOrEqual(t, monotonic(t, s.m, proxy, "ExecMainStartTimestampMonotonic"),
+					monotonic(t, s.m, backend, "ActiveEnterTimestampMonotonic"))
+				pids = append(pids, pid)
+
+				s.waitIdle(t)
+				for _, unit := range []string{proxy, backend} {
+					assert.Equal(t, "success", s.m.Show(t, unit, "Result"), unit)
+					assert.Equal(t, "0", s.m.Show(t, unit, "MainPID"), unit)
+				}
+				assert.Equal(t, "0", s.m.Show(t, proxy, "ExecMainStatus"), "the proxy exited 0")
+				assert.NoDirExists(t, fmt.Sprintf("/proc/%d", pid), "the backend is gone")
+				assert.Equal(t, "listening", s.m.Show(t, "dice.socket", "SubState"))
+			}
+			assert.NotEqual(t, pids[0], pids[1], "the second request started a new backend")
+		})
+	}
+}
+
+// monotonic is a *TimestampMonotonic property of unit, in microseconds.
+func monotonic(t *testing.T, m *systemdtest.Manager, unit, prop string) int64 {
+	t.Helper()
+	v, err := strconv.ParseInt(m.Show(t, unit, prop), 10, 64)
+	require.NoError(t, err, "%s of %s", prop, unit)
+	return v
+}
+
+// TestFirstRequestAfterIdle is the readiness check at work, over and over: each round
+// is a request that finds nothing running (it starts the backend, then the proxy), then
+// a wait until both have stopped again. Not one may fail: 200 rounds with stage 01's
+// program (a process starts in milliseconds), 30 with Flask (a few hundred).
+func TestFirstRequestAfterIdle(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		flask  bool
+		rounds int
+	}{{"go", false, 200}, {"flask", true, 30}} {
+		t.Run(tt.name, func(t *testing.T) {
+			// A short idle time: the proxy's timer fires up to 250 ms late anyway
+			// (sd-event's default accuracy), which is most of a round.
+			s := startStage(t, tt.flask, "10ms")
+			var failed []error
+			var lastStart int64
+			start := time.Now()
+			for round := range tt.rounds {
+				pid, err := roll(s.base)
+				if err != nil {
+					failed = append(failed, fmt.Errorf("round %d: %w", round, err))
+				}
+				s.waitIdle(t)
+				// Each round, systemd started a new backend, the one that answered.
+				started := monotonic(t, s.m, backend, "ExecMainStartTimestampMonotonic")
+				require.Greater(t, started, lastStart, "round %d started a backend", round)
+				lastStart = started
+				if !tt.flask && err == nil {
+					assert.Equal(t, s.m.Show(t, backend, "ExecMainPID"), pid, "round %d", round)
+				}
+			}
+			t.Logf("%d rounds (a cold start each) in %s: %d failed", tt.rounds,
+				time.Since(start).Round(time.Millisecond), len(failed))
+			assert.Empty(t, failed, "failed requests")
+			assert.Equal(t, "success", s.m.Show(t, proxy, "Result"))
+			assert.Equal(t, "success", s.m.Show(t, backend, "Result"))
+		})
+	}
+}
+
+// gatedBackend makes the backend a slow starter whose listening the test controls:
+// its ExecStart= waits until the file gate exists, then execs stage 01's program (so
+// MainPID stays the same process).
+func gatedBackend(t *testing.T, s *service, gate string) {
+	t.Helper()
+	require.NoError(t, s.m.DropIn(backend, "test-gate", fmt.Sprintf("[Service]\nExecStart=\n"+
+		"ExecStart=/bin/sh -c 'while [ ! -e %s ]; do sleep 0.02; done; exec \"$$0\" \"$$@\"' "+
+		"%s/01-always-on -addr 127.0.0.1:${PORT}\n", gate, s.bin)))
+}
+
+// TestReadinessWaitsForTheApp shows the problem (systemd issue #2105) and its
+// solution, with a backend that only listens when the test lets it: without the
+// ExecStartPost= check the proxy starts at once, finds nothing listening, and closes
+// the request unanswered; with it the backend's start waits (SubState=start-post), the
+// proxy waits for the backend's start, and the request is answered once the app
+// listens, however long that takes.
+func TestReadinessWaitsForTheApp(t *testing.T) {
+	t.Run("with the check", func(t *testing.T) {
+		s := startStage(t, false, "30s")
+		gate := filepath.Join(t.TempDir(), "listen")
+		gatedBackend(t, s, gate)
+		answered := make(chan error, 1)
+		var answeredBy string
+		go func() {
+			var err error
+			answeredBy, err = roll(s.base)
+			answered <- err
+		}()
+		s.m.WaitProp(t, backend, "SubState", "start-post", 10*time.Second)
+		// The app is not listening; the proxy has not been started, the request waits.
+		for range 10 {
+			assert.Equal(t, "activating", s.m.Show(t, backend, "ActiveState"))
+			assert.Equal(t, "inactive", s.m.Show(t, proxy, "ActiveState"))
+		}
+		select {
+		case err := <-answered:
+			t.Fatalf("answered before the app listens: %v", err)
+		default:
+		}
+		require.NoError(t, os.WriteFile(gate, nil, 0o644))
+		require.NoError(t, <-answered, "the waiting request is answered")
+		assert.Equal(t, strconv.Itoa(s.m.MainPID(t, backend)), answeredBy)
+	})
+
+	t.Run("without the check", func(t *testing.T) {
+		s := startStage(t, false, "30s")
+		gate := filepath.Join(t.TempDir(), "listen")
+		gatedBackend(t, s, gate)
+		require.NoError(t, s.m.DropIn(backend, "test-no-check", "[Service]\nExecStartPost=\n"))
+		_, err := roll(s.base)
+		require.Error(t, err, "the proxy finds nothing listening and gives up")
+		t.Logf("the first request, with the app not yet listening: %v", err)
+		assert.Equal(t, "active", s.m.Show(t, proxy, "ActiveState"), "the proxy runs")
+		assert.Equal(t, "active", s.m.Show(t, backend, "ActiveState"), "systemd thinks it is ready")
+		require.NoError(t, os.WriteFile(gate, nil, 0o644))
+		// Once the app listens, the same proxy gets through: it only needed to wait.
+		require.Eventually(t, func() bool { _, err := roll(s.base); return err == nil },
+			10*time.Second, 20*time.Millisecond)
+	})
+}
+
+// TestBrokenAppFailsFast: a backend that exits at once (a busy port, a crash) fails
+// its start through the check (Result=exit-code), not after TimeoutStartSec=
+// (Result=timeout); the socket then gives up on it (trigger-limit-hit) and the
+// waiting client's connection is closed, rather than held for 15 s per attempt. The
+// test's drop-in stretches the socket's trigger interval, so that the limit is hit
+// however slow the machine.
+func TestBrokenAppFailsFast(t *testing.T) {
+	s := startStage(t, false, "30s")
+	require.NoError(t, s.m.DropIn(backend, "test-broken", "[Service]\nExecStart=\nExecStart=/bin/false\n"))
+	require.NoError(t, s.m.DropIn("dice.socket", "test-limit", "[Socket]\nTriggerLimitIntervalSec=1h\n"))
+	_, err := roll(s.base)
+	assert.Error(t, err)
+	s.m.WaitProp(t, "dice.socket", "ActiveState", "failed", 10*time.Second)
+	assert.Equal(t, "trigger-limit-hit", s.m.Show(t, "dice.socket", "Result"))
+	assert.Equal(t, "failed", s.m.Show(t, backend, "ActiveState"))
+	assert.Equal(t, "exit-code", s.m.Show(t, backend, "Result"))
+	assert.Equal(t, "inactive", s.m.Show(t, proxy, "ActiveState"), "the proxy never started")
+}
+
+// TestBurstsAcrossIdleExitLoseNothing: 16 clients connect at once, around the moment
+// the proxy exits idle. Each round starts the clock with one request whose connection
+// the server closes (we see when), then aims the burst at the idle exit. A burst that
+// arrives before the exit is answered by the running proxy (its idle timer stops);
+// one that arrives after it waits in dice.socket while systemd stops the backend,
+// starts it again and then a new proxy, or, if the backend was not stopped yet, starts
+// a new proxy in front of the same backend. Not one request may fail. The aim follows
+// the exit (the proxy's idle timer fires up to 250 ms late: sd-event's default
+// accuracy): later after an early burst, earlier after a late one, so that bursts
+// keep landing on both sides. At least 50 rounds, and on (up to 400) until 10 bursts
+// have arrived after an exit, 3 of them while the old backend still ran (answered by
+// it through a new proxy, or sent before systemd had finished stopping it).
+func TestBurstsAcrossIdleExitLoseNothing(t *testing.T) {
+	s := startStage(t, false, "100ms")
+	const clients = 16
+	var failed []error
+	early, late, sameApp, whileStopping, tight := 0, 0, 0, 0, 0
+	closest := time.Hour
+	aim := 100 * time.Millisecond
+	start := time.Now()
+	round := 0
+	for ; (round < 50 || late < 10 || tight < 3) && round < 400; round++ {
+		pid, closed, err := rollAndWaitForClose(s.base)
+		if err != nil {
+			failed = append(failed, fmt.Errorf("round %d, first request: %w", round, err))
+			s.waitIdle(t)
+			continue
+		}
+		proxyBefore := s.m.Show(t, proxy, "ExecMainPID")
+		pids := make([]string, clients)
+		errs := make([]error, clients)
+		fire := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-fire
+				pids[i], errs[i] = roll(s.base)
+			}()
+		}
+		time.Sleep(time.Until(closed.Add(aim)))
+		fired := time.Now()
+		close(fire)
+		wg.Wait()
+		for i := range clients {
+			if errs[i] != nil {
+				failed = append(failed, fmt.Errorf("round %d, client %d: %w", round, i, errs[i]))
+			}
+		}
+		if s.m.Show(t, proxy, "ExecMainPID") == proxyBefore {
+			early++
+			aim += 5 * time.Millisecond
+			continue
+		}
+		// A new proxy: the burst came after the old one had exited.
+		late++
+		aim -= 5 * time.Millisecond
+		// The units' last InactiveEnterTimestamp: when the old proxy (the old backend)
+		// had exited; the new ones have not yet.
+		if gap := fired.Sub(timestamp(t, s.m, proxy, "InactiveEnterTimestamp")); gap.Abs() < closest.Abs() {
+			closest = gap
+		}
+		if pids[0] == strconv.Itoa(pid) {
+			sameApp++ // The backend was still active: the new proxy kept it.
+		} else if fired.Before(timestamp(t, s.m, backend, "InactiveEnterTimestamp")) {
+			whileStopping++ // Sent before the old backend had exited.
+		}
+		tight = sameApp + whileStopping
+		s.waitIdle(t)
+	}
+	t.Logf("%d rounds of 1+%d requests in %s: %d failed; bursts before the proxy's exit: %d, "+
+		"after it: %d (%d sent while systemd was stopping the old backend, %d answered by "+
+		"the old backend through a new proxy; the closest sent %s after systemd saw the old "+
+		"proxy exit, negative: while it was exiting)", round, clients,
+		time.Since(start).Round(time.Millisecond), len(failed), early, late, whileStopping,
+		sameApp, closest.Round(time.Microsecond))
+	assert.Empty(t, failed, "failed requests")
+	assert.GreaterOrEqual(t, late, 10, "bursts after an idle exit: the test missed the window")
+	assert.Positive(t, tight, "no burst came while the old backend still ran: missed the window")
+	assert.Equal(t, "listening", s.m.Show(t, "dice.socket", "SubState"))
+}
+
+// rollAndWaitForClose sends one GET /roll with "Connection: close" and returns the
+// Dice-Pid and when the connection closed: the proxy's idle timer starts then.
+func rollAndWaitForClose(base string) (pid int, closed time.Time, err error) {
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
+		return 0, time.Time{}, err
+	}
+	_, err = fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\nConnection: close\r\n\r\n")
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body) // Up to the FIN, passed on by the proxy.
+	closed = time.Now()
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return 0, closed, fmt.Errorf("status %d, %v", resp.StatusCode, err)
+	}
+	pid, err = strconv.Atoi(resp.Header.Get("Dice-Pid"))
+	return pid, closed, err
+}
+
+// timestamp is a timestamp property of unit, such as ExecMainExitTimestamp, to the
+// microsecond.
+func timestamp(t *testing.T, m *systemdtest.Manager, unit, prop string) time.Time {
+	t.Helper()
+	out := m.MustSystemctl(t, "show", "--timestamp=us+utc", "-p", prop, "--value", unit)
+	ts, err := time.Parse("Mon 2006-01-02 15:04:05.999999 MST", strings.TrimSpace(out))
+	require.NoError(t, err, "%s of %s", prop, unit)
+	return ts
+}
+
+// TestBadRequestsThroughTheProxy sends every bad request through the proxy to stage
+// 01's program: each gets the same 4xx JSON answer as from stage 01 alone, and the
+// same backend process answers before and after.
+func TestBadRequestsThroughTheProxy(t *testing.T) {
+	s := startStage(t, false, "30s")
+	defer http.DefaultClient.CloseIdleConnections()
+	pid, err := roll(s.base)
+	require.NoError(t, err)
+	dicetest.SendBadRequests(t, s.base)
+	after, err := roll(s.base)
+	require.NoError(t, err)
+	assert.Equal(t, pid, after, "bad requests did not end the backend")
+	assert.Equal(t, pid, strconv.Itoa(s.m.MainPID(t, backend)))
+}
+
+// TestTimerStopsTheServiceBusyOrNot is the post's third way to stop an idle service,
+// a timer, here RuntimeMaxSec= on stage 02's socket-activated service: systemd stops
+// the service 1 s after its start whether or not a client is using it. The client's
+// keep-alive connection is cut between two requests, the unit ends "failed"
+// (Result=timeout), and the socket starts a new process on the next connection.
+func TestTimerStopsTheServiceBusyOrNot(t *testing.T) {
+	m := systemdtest.New(t)
+	bin := systemdtest.BuildStage(t, "02-socket-activated")
+	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
+	require.NoError(t, m.InstallStage("02-socket-activated", bin, addr))
+	require.NoError(t, m.DropIn("dice.service", "test-timer", "[Service]\nRuntimeMaxSec=1s\n"))
+	m.MustSystemctl(t, "start", "dice.socket")
+	m.WaitProp(t, "dice.socket", "SubState", "listening", 10*time.Second)
+
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	r := bufio.NewReader(c)
+	pids := map[string]bool{}
+	var cut error
+	// A request every 100 ms on one connection: the service is never idle. The
+	// bound is a count (10 s), not a time.
+	for range 100 {
+		if _, cut = fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n"); cut != nil {
+			break
+		}
+		resp, err := http.ReadResponse(r, nil)
+		if cut = err; err != nil {
+			break
+		}
+		resp.Body.Close()
+		pids[resp.Header.Get("Dice-Pid")] = true
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.Error(t, cut, "the busy connection was cut")
+	t.Logf("the busy client's connection ended: %v", cut)
+	m.WaitProp(t, "dice.service", "ActiveState", "failed", 10*time.Second)
+	assert.Equal(t, "timeout", m.Show(t, "dice.service", "Result"))
+	assert.Len(t, pids, 1, "one process answered until the cut")
+	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
+	pid, err := dicetest.TryRoll(dicetest.NewConn, "http://"+addr)
+	require.NoError(t, err, "the next connection starts the service again")
+	assert.NotContains(t, pids, strconv.Itoa(pid), "a new process")
+}
