@@ -50,7 +50,7 @@ test: ## gofmt, go vet and every test (the e2e ones under a real systemd)
 diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
 	@test -n "$(STAGE)" && test -n "$(PREV)" || \
 		{ echo "usage: make diff 3   (compares stage 2 and 3; stages: $(STAGES))"; exit 2; }
-	@diff -ruN --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
+	@diff -ru --unidirectional-new-file --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
 	@diff -ruN units/$(PREV) units/$(STAGE); test $$? -le 1
 
 # BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy.
