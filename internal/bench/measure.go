@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	_ "embed"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"text/template"
 	"time"
 )
@@ -72,7 +75,7 @@ func (r *report) measureAll() (err error) {
 		if err := waitFor(30*time.Second, t.label+" to be idle", t.idle); err != nil {
 			return result(err)
 		}
-		s := hammer(client(0), t.port, r.clients, r.connDur/time.Duration(rounds))
+		s := hammer(peers(), t.port, r.clients, r.connDur/time.Duration(rounds))
 		if !t.listening() {
 			s.add(result(fmt.Errorf("dice.socket no longer listens after the load")))
 		}
@@ -179,6 +182,19 @@ func (r *report) alternate(what string, rounds int, measure func(*target) sample
 func client(n int) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		MaxIdleConnsPerHost: n, MaxConnsPerHost: n, DisableKeepAlives: n == 0}}
+}
+
+// peers is client(0) with its connections from 16 source addresses in turn, as from 16
+// peers: stage 04 takes at most 8 connections from one (MaxConnectionsPerSource=).
+func peers() *http.Client {
+	c := client(0)
+	var n atomic.Uint32
+	c.Transport.(*http.Transport).DialContext = func(ctx context.Context, network,
+		addr string) (net.Conn, error) {
+		src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+n.Add(1)%16))}
+		return (&net.Dialer{LocalAddr: src}).DialContext(ctx, network, addr)
+	}
+	return c
 }
 
 // roll sends GET /roll to port and reads the response; anything but a 200 is an error.
