@@ -4,7 +4,7 @@
 // same units. Each target runs in a private user manager
 // of its own (internal/systemdtest), its units installed as committed plus drop-ins.
 //
-//	go run ./internal/bench            the full run (some minutes): docs/bench.md, .svg
+//	go run ./internal/bench            the full run (some minutes): docs/bench*.md, .svg
 //	go run ./internal/bench -quick     a smoke run (< 1 min), into a temporary directory
 //	go run ./internal/bench -measure   only the RSS table, on stdout (make measure)
 //
@@ -44,7 +44,7 @@ func main() {
 		connDur: 10 * time.Second, idle: 100 * time.Millisecond}
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: few iterations, output to a temp dir")
 	flag.BoolVar(&c.measure, "measure", false, "only the RSS table, as Markdown on stdout")
-	flag.StringVar(&c.out, "out", "docs", "directory for bench.md and bench.svg")
+	flag.StringVar(&c.out, "out", "docs", "directory for bench.md, bench.svg, bench-day.svg")
 	flag.IntVar(&c.port, "port", 18100, "first of the ports used on 127.0.0.1 (up to +63)")
 	flag.Parse()
 	if c.measure {
@@ -78,7 +78,10 @@ func run(c config) error {
 	}
 	defer os.RemoveAll(tmp)
 	r := &report{config: c, started: time.Now(), load0: loadavg(), tmp: tmp,
-		targets: map[string]*target{}}
+		targets: map[string]*target{}, idles: map[string]time.Duration{}}
+	for _, stage := range []string{"03-idle-exit", "05-socket-proxyd"} {
+		r.idles[stage] = committedIdle(top, stage)
+	}
 	if err := errors.Join(os.Chmod(tmp, 0o755), build(top, tmp, c)); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -40,13 +41,14 @@ type report struct {
 	targets          map[string]*target
 	rss              map[string][4]rss // started, 1st request, N requests, closed and idle
 	cold, warm, conn map[string]sample
+	idles            map[string]time.Duration // by stage: -idle, --exit-idle-time as committed
 }
 
 // rssKeys are the targets whose memory is measured, in the tables' order.
 var rssKeys = []string{"01", "02", "03", "04", "05", "05f", "fs", "flask"}
 
 // measureAll measures the targets and writes the results: the RSS table on stdout
-// with -measure, else bench.md and bench.svg.
+// with -measure, else bench.md, bench.svg and bench-day.svg.
 func (r *report) measureAll() (err error) {
 	r.rss = map[string][4]rss{}
 	for _, k := range rssKeys {
@@ -89,9 +91,9 @@ func (r *report) measureAll() (err error) {
 			return err
 		}
 	}
-	logf("the run took %s; writing bench.md and bench.svg in %s",
+	logf("the run took %s; writing bench.md, bench.svg and bench-day.svg in %s",
 		time.Since(r.started).Round(time.Second), r.out)
-	for _, name := range []string{"bench.md", "bench.svg"} {
+	for _, name := range []string{"bench.md", "bench.svg", "bench-day.svg"} {
 		var b bytes.Buffer
 		if err := errors.Join(r.write(&b, name), os.WriteFile(filepath.Join(r.out, name),
 			b.Bytes(), 0o644)); err != nil {
@@ -289,6 +291,17 @@ func num(v float64) string {
 	return strconv.FormatFloat(f, 'f', -1, 64)
 }
 
+// span is d in the unit a reader would say it in: 24 h, 5.1 min, 0.52 s.
+func span(d time.Duration) string {
+	switch {
+	case d >= time.Hour:
+		return num(d.Hours()) + " h"
+	case d >= time.Minute:
+		return num(d.Minutes()) + " min"
+	}
+	return num(d.Seconds()) + " s"
+}
+
 // failures is the count of failures and the first error.
 func failures(s sample) string {
 	if s.err == nil {
@@ -334,6 +347,7 @@ func (r *report) write(w io.Writer, name string) error {
 		"Sizes": strings.Join(sizes, ", "), "Took": time.Since(r.started).Round(time.Second),
 		"Systemd": field(output("systemctl", "--version"), 1), "Kernel": output("uname", "-r"),
 		"CGO": output("go", "env", "CGO_ENABLED"), "Goals": r.goals(), "SVG": r.charts(),
+		"DaySVG": r.dayChart(),
 		"Flask": output(python, "-c", "import sys, importlib.metadata as m; "+
 			"print(m.version('flask'), '(Python', sys.version.split()[0]+')')"),
 		"RSS": r.rows(func(k string) []string {
@@ -349,6 +363,14 @@ func (r *report) write(w io.Writer, name string) error {
 			return []string{fmt.Sprintf("%.0f", s.rate()), ratio(s, r.warm["01"]),
 				ratio(s, r.warm["02"]), failures(s)}
 		}, "01", "02", "03", "05", "05f", "fs", "flask"),
+		"Day": r.rows(func(k string) (cells []string) {
+			for _, calls := range []int{10, 1000} {
+				active, mibh := r.day(k, calls)
+				cells = append(cells, span(active), num(mibh))
+			}
+			return cells
+		}, rssKeys...),
+		"Idle03": span(r.idles["03-idle-exit"]), "Idle05": span(r.idles["05-socket-proxyd"]),
 		"Conn": r.rows(func(k string) []string {
 			s := r.conn[k]
 			return []string{fmt.Sprintf("%.0f", s.rate()), failures(s), ratio(s, r.conn["f04"]),
@@ -406,7 +428,7 @@ func (r *report) goals() (g [][]string) {
 	return g
 }
 
-// chart is a bar chart at x of bench.svg: a bar per target of keys
+// chart is a bar chart at x of bench.svg or bench-day.svg: a bar per target of keys
 // there is, value(key) long, Flask's dice.py in orange.
 func (r *report) chart(x int, title, unit string, value func(string) float64,
 	keys ...string) map[string]any {
@@ -443,3 +465,48 @@ func (r *report) charts() map[string]any {
 			return float64(r.cold[k].p(50)) / 1e6
 		}, "02", "03", "04", "05", "05f", "fs", "f02", "f03", "f04", "c04", "flask"))
 }
+
+// dayChart is bench-day.svg: memory × time a day, for 10 and for 1,000 calls.
+func (r *report) dayChart() map[string]any {
+	var charts []map[string]any
+	for i, calls := range []int{10, 1000} {
+		charts = append(charts, r.chart(10+470*i, []string{"10", "1,000"}[i]+" calls a day",
+			" MiB·h", func(k string) float64 { _, v := r.day(k, calls); return v }, rssKeys...))
+	}
+	return svg("Memory × time a day, calls spread over the day (MiB·h)", charts...)
+}
+
+// day is what target k holds in a day of calls spread evenly over 24 h: how long its
+// processes run, and memory × time in MiB·h. A process that stays once started (01,
+// 02, Flask) runs 24 h, with its RSS after the 1st request for 10 calls, after
+// r.requests for more. One that exits runs per call its cold start (04: the connection,
+// from connect to response) plus the idle time in its committed units (03, 05), or
+// until the next call, with its RSS after the 1st request.
+func (r *report) day(k string, calls int) (active time.Duration, mibh float64) {
+	t, phase := r.targets[k], 1
+	switch {
+	case !t.exits():
+		active = 24 * time.Hour
+		phase = map[bool]int{true: 2, false: 1}[calls > 10]
+	default:
+		gap := 24 * time.Hour / time.Duration(calls)
+		active = time.Duration(calls) * min(gap, r.cold[k].p(50)+r.idles[t.stage])
+	}
+	return active, float64(r.rss[k][phase].kib) / 1024 * active.Hours()
+}
+
+// committedIdle is the idle time in the committed units of stage: the -idle or
+// --exit-idle-time of its ExecStart=, 0 if none.
+func committedIdle(top, stage string) time.Duration {
+	units, _ := filepath.Glob(filepath.Join(top, "units", stage, "*.service"))
+	for _, unit := range units {
+		data, _ := os.ReadFile(unit)
+		if m := idleFlag.FindSubmatch(data); m != nil {
+			d, _ := time.ParseDuration(string(m[1]))
+			return d
+		}
+	}
+	return 0
+}
+
+var idleFlag = regexp.MustCompile(`(?m)^ExecStart=.*(?:-idle |--exit-idle-time=)(\S+)`)
