@@ -1,10 +1,10 @@
 // Command bench measures the five stages side by side under a real systemd, and
 // compares them with the blog post's Flask app (always on, socket-activated, behind
 // stage 05's proxy) and with floors: programs that only answer fd 3, started by the
-// same units. Each target runs in a private user manager
-// of its own (internal/systemdtest), its units installed as committed plus drop-ins.
+// same units. Each target runs in a private user manager of its own
+// (internal/systemdtest), its units installed as committed plus drop-ins.
 //
-//	go run ./internal/bench            the full run (some minutes): docs/bench*.md, .svg
+//	go run ./internal/bench            the full run (minutes): docs/bench.md, bench*.svg
 //	go run ./internal/bench -quick     a smoke run (< 1 min), into a temporary directory
 //	go run ./internal/bench -measure   only the RSS table, on stdout (make measure)
 //
