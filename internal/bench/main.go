@@ -1,9 +1,10 @@
-// Command bench measures the four stages side by side under a real systemd, and
-// compares them with the blog post's Flask app and with floors: programs that only
-// answer fd 3, started by the same units. Each target runs in a private user manager
-// of its own (internal/systemdtest), its units installed as committed plus drop-ins.
+// Command bench measures the five stages side by side under a real systemd, and
+// compares them with the blog post's Flask app (always on, socket-activated, behind
+// stage 05's proxy) and with floors: programs that only answer fd 3, started by the
+// same units. Each target runs in a private user manager of its own
+// (internal/systemdtest), its units installed as committed plus drop-ins.
 //
-//	go run ./internal/bench            the full run (a few minutes): docs/bench.md, .svg
+//	go run ./internal/bench            the full run (minutes): docs/bench.md, bench*.svg
 //	go run ./internal/bench -quick     a smoke run (< 1 min), into a temporary directory
 //	go run ./internal/bench -measure   only the RSS table, on stdout (make measure)
 //
@@ -43,8 +44,8 @@ func main() {
 		connDur: 10 * time.Second, idle: 100 * time.Millisecond}
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: few iterations, output to a temp dir")
 	flag.BoolVar(&c.measure, "measure", false, "only the RSS table, as Markdown on stdout")
-	flag.StringVar(&c.out, "out", "docs", "directory for bench.md and bench.svg")
-	flag.IntVar(&c.port, "port", 18100, "first of the 10 ports used on 127.0.0.1")
+	flag.StringVar(&c.out, "out", "docs", "directory for bench.md, bench.svg, bench-day.svg")
+	flag.IntVar(&c.port, "port", 18100, "first of the ports used on 127.0.0.1 (up to +63)")
 	flag.Parse()
 	if c.measure {
 		c.idle = 2 * time.Second
@@ -77,13 +78,17 @@ func run(c config) error {
 	}
 	defer os.RemoveAll(tmp)
 	r := &report{config: c, started: time.Now(), load0: loadavg(), tmp: tmp,
-		targets: map[string]*target{}}
+		targets: map[string]*target{}, idles: map[string]time.Duration{}}
+	for _, stage := range []string{"03-idle-exit", "05-socket-proxyd"} {
+		r.idles[stage] = committedIdle(top, stage)
+	}
 	if err := errors.Join(os.Chmod(tmp, 0o755), build(top, tmp, c)); err != nil {
 		return err
 	}
-	add := func(key, label, stage, binDir, dropIn string) {
+	add := func(key, label, stage, binDir, dropIn string) *target {
 		r.targets[key] = &target{key: key, label: label, stage: stage, dropIn: dropIn,
 			binDir: filepath.Join(tmp, binDir), port: c.port + len(r.targets)}
+		return r.targets[key]
 	}
 	// Timing cold starts stops 02's service 30 times in a row: the default start limit
 	// (5 starts in 10 s) would fail it after 5. 03's units size their own.
@@ -92,7 +97,13 @@ func run(c config) error {
 	add("02", "02-socket-activated", "02-socket-activated", "bin", noLimit)
 	add("03", "03-idle-exit", "03-idle-exit", "bin", "")
 	add("04", "04-accept-yes", "04-accept-yes", "bin", "")
-	add("flask", "Flask (the blog's dice.py)", "", "", "")
+	add("05", "05-socket-proxyd", "05-socket-proxyd", "bin", "")
+	add("05f", "05, Flask backend", "05-socket-proxyd", "bin", "").python = true
+	// The post's next step: its dice.py on fd 3, under stage 02's units (flask/activated.py).
+	add("fs", "Flask, socket-activated", "02-socket-activated", "bin", noLimit+"[Service]\n"+
+		"Environment=PYTHONPATH="+top+"/05-socket-proxyd PYTHONDONTWRITEBYTECODE=1\nExecStart=\n"+
+		"ExecStart="+python+" "+top+"/internal/bench/flask/activated.py\n").python = true
+	add("flask", "Flask, always on", "", "", "").python = true
 	if !c.measure {
 		add("04g", "04, GOMAXPROCS=1", "04-accept-yes", "bin",
 			"# bench: a variant.\n[Service]\nEnvironment=GOMAXPROCS=1\n")
@@ -181,16 +192,20 @@ type target struct {
 	binDir     string // ExecStart= runs binDir/<stage>
 	dropIn     string // what this run changes, besides binary, port and -idle
 	port       int
+	python     bool // the app is the blog's dice.py (05f: behind the proxy)
 	m          *systemdtest.Manager
 }
 
 func (t *target) socketActivated() bool { return t.stage != "" && t.stage != "01-always-on" }
 
-// exits tells whether the service exits by itself: 03 when idle, 04 when done.
-func (t *target) exits() bool { return t.stage == "03-idle-exit" || t.stage == "04-accept-yes" }
+// exits tells whether the service exits by itself: 03 and 05 when idle, 04 when done.
+func (t *target) exits() bool {
+	return t.stage == "03-idle-exit" || t.stage == "04-accept-yes" || t.stage == "05-socket-proxyd"
+}
 
 func (t *target) service() string {
-	names := map[string]string{"": "dice-flask.service", "04-accept-yes": "dice@.service"}
+	names := map[string]string{"": "dice-flask.service", "04-accept-yes": "dice@.service",
+		"05-socket-proxyd": "dice-proxy.service"}
 	if name, ok := names[t.stage]; ok {
 		return name
 	}
@@ -198,20 +213,36 @@ func (t *target) service() string {
 }
 
 // install starts the target's manager and puts its units in place, as committed plus
-// drop-ins (binary, port, 03's -idle, t.dropIn), and starts the socket. Flask is not a
-// stage: its unit is copied, and a drop-in runs this checkout's dice.py on our port.
+// drop-ins (binary, port, 03's -idle, 05's ports and idle time, t.dropIn), and starts
+// the socket. Always-on Flask is not a stage: its unit is copied, and a drop-in runs
+// this checkout's dice.py (05-socket-proxyd/, the post's) on our port.
 func (t *target) install(top, state string, idle time.Duration) (err error) {
 	if t.m, err = systemdtest.Start(top, state); err != nil {
 		return err
 	}
-	addr, flask := "127.0.0.1:"+strconv.Itoa(t.port), filepath.Join(top, "internal", "bench", "flask")
+	addr, app := "127.0.0.1:"+strconv.Itoa(t.port), t.port+50 // 05: the app's private port
 	switch t.stage {
 	case "":
-		err = command("install", "-Dm644", filepath.Join(flask, t.service()),
-			filepath.Join(t.m.RuntimeDir(), "systemd", "user", t.service()))
+		err = command("install", "-Dm644", filepath.Join(top, "internal", "bench", "flask",
+			t.service()), filepath.Join(t.m.RuntimeDir(), "systemd", "user", t.service()))
 		t.dropIn = fmt.Sprintf("# bench: this checkout's dice.py, another port.\n[Service]\n"+
-			"ExecStart=\nExecStart=%s -m flask --app %s/dice.py run --host 127.0.0.1 --port %d\n",
-			python, flask, t.port)
+			"ExecStart=\nExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run "+
+			"--host 127.0.0.1 --port %d\n", python, top, t.port)
+	case "05-socket-proxyd":
+		// run-stage writes the app's drop-in (stage 01 or, with DICE_BACKEND=flask, the
+		// post's dice.py) from the environment, which InstallStage passes on.
+		if err = os.Setenv("DICE_BACKEND", map[bool]string{true: "flask"}[t.python]); err == nil {
+			err = t.m.InstallStage(t.stage, t.binDir, addr)
+		}
+		if err == nil {
+			err = t.m.DropIn("dice-backend.service", dropInName, fmt.Sprintf(
+				"# bench: another port.\n[Service]\nEnvironment=PORT=%d\n", app))
+		}
+		// At least 1 s: Flask closes its connection after each response, and the proxy's
+		// idle time runs between two connections (100 ms could end it between requests).
+		t.dropIn = fmt.Sprintf("# bench: another idle time and port.\n[Service]\nExecStart=\n"+
+			"ExecStart=/usr/lib/systemd/systemd-socket-proxyd --exit-idle-time=%s 127.0.0.1:%d\n",
+			max(idle, time.Second), app)
 	case "01-always-on":
 		err = t.m.InstallStage(t.stage, t.binDir, "", "-addr", addr)
 	case "03-idle-exit":
@@ -220,13 +251,17 @@ func (t *target) install(top, state string, idle time.Duration) (err error) {
 		err = t.m.InstallStage(t.stage, t.binDir, addr)
 	}
 	if err == nil && t.dropIn != "" {
-		err = t.m.DropIn(t.service(), "bench", t.dropIn)
+		err = t.m.DropIn(t.service(), dropInName, t.dropIn)
 	}
 	if err == nil && t.socketActivated() {
 		err = t.systemctl("start", "dice.socket")
 	}
 	return err
 }
+
+// dropInName sorts after run-stage.conf, whose ExecStart= a drop-in of ours may replace:
+// systemd applies drop-ins in the order of their names.
+const dropInName = "zz-bench"
 
 // stopAll stops the targets' managers, with their units and processes.
 func stopAll(targets map[string]*target) {
@@ -280,11 +315,11 @@ func (t *target) idle() bool { return t.rss().procs == 0 }
 // listening tells whether the target's socket still listens.
 func (t *target) listening() bool { return t.prop("dice.socket", "SubState") == "listening" }
 
-// rss is the target's processes (the main process of its service, or of each
-// instance) and their RSS: VmRSS of /proc/<pid>/status, what `ps -o rss=` shows.
+// rss is the target's processes (the main process of each dice service: 04's
+// instances, 05's proxy and app) and their RSS: VmRSS of /proc/<pid>/status, what
+// `ps -o rss=` shows.
 func (t *target) rss() (r rss) {
-	for _, pid := range strings.Fields(t.prop(strings.Replace(t.service(), "@", "@*", 1),
-		"MainPID")) {
+	for _, pid := range strings.Fields(t.prop("dice*.service", "MainPID")) {
 		status, err := os.ReadFile("/proc/" + pid + "/status")
 		if _, value, ok := strings.Cut(string(status), "VmRSS:"); err == nil && ok {
 			kib, _ := strconv.Atoi(field(value, 0))

@@ -2,18 +2,22 @@ package main
 
 import (
 	"bytes"
+	"context"
 	_ "embed"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"text/template"
 	"time"
 )
@@ -37,13 +41,17 @@ type report struct {
 	targets          map[string]*target
 	rss              map[string][4]rss // started, 1st request, N requests, closed and idle
 	cold, warm, conn map[string]sample
+	idles            map[string]time.Duration // by stage: -idle, --exit-idle-time as committed
 }
 
+// rssKeys are the targets whose memory is measured, in the tables' order.
+var rssKeys = []string{"01", "02", "03", "04", "05", "05f", "fs", "flask"}
+
 // measureAll measures the targets and writes the results: the RSS table on stdout
-// with -measure, else bench.md and bench.svg.
+// with -measure, else bench.md, bench.svg and bench-day.svg.
 func (r *report) measureAll() (err error) {
 	r.rss = map[string][4]rss{}
-	for _, k := range []string{"01", "02", "03", "04", "flask"} {
+	for _, k := range rssKeys {
 		t := r.targets[k]
 		if r.rss[k], err = measureRSS(t, r.requests, r.idle); err != nil {
 			return fmt.Errorf("RSS of %s: %w", t.label, err)
@@ -52,8 +60,8 @@ func (r *report) measureAll() (err error) {
 	if r.measure {
 		return r.write(os.Stdout, "measure")
 	}
-	r.cold = r.alternate("cold starts", r.starts, cold, "02", "03", "04", "f02", "f03", "f04",
-		"c04", "flask")
+	r.cold = r.alternate("cold starts", r.starts, cold, "02", "03", "04", "05", "05f", "fs",
+		"f02", "f03", "f04", "c04", "flask")
 	r.warm = r.alternate("warm throughput", r.rounds, func(t *target) sample {
 		c := client(r.clients)
 		defer c.CloseIdleConnections()
@@ -66,13 +74,13 @@ func (r *report) measureAll() (err error) {
 			s.add(result(err))
 		}
 		return s
-	}, "01", "02", "03", "flask")
+	}, "01", "02", "03", "05", "05f", "fs", "flask")
 	rounds := max(2, r.rounds)
 	r.conn = r.alternate("stage 04 connections/s", rounds, func(t *target) sample {
 		if err := waitFor(30*time.Second, t.label+" to be idle", t.idle); err != nil {
 			return result(err)
 		}
-		s := hammer(client(0), t.port, r.clients, r.connDur/time.Duration(rounds))
+		s := hammer(peers(), t.port, r.clients, r.connDur/time.Duration(rounds))
 		if !t.listening() {
 			s.add(result(fmt.Errorf("dice.socket no longer listens after the load")))
 		}
@@ -83,9 +91,9 @@ func (r *report) measureAll() (err error) {
 			return err
 		}
 	}
-	logf("the run took %s; writing bench.md and bench.svg in %s",
+	logf("the run took %s; writing bench.md, bench.svg and bench-day.svg in %s",
 		time.Since(r.started).Round(time.Second), r.out)
-	for _, name := range []string{"bench.md", "bench.svg"} {
+	for _, name := range []string{"bench.md", "bench.svg", "bench-day.svg"} {
 		var b bytes.Buffer
 		if err := errors.Join(r.write(&b, name), os.WriteFile(filepath.Join(r.out, name),
 			b.Bytes(), 0o644)); err != nil {
@@ -130,7 +138,7 @@ func measureRSS(t *target, n int, idle time.Duration) (phases [4]rss, err error)
 }
 
 // cold times one first response with no process running: from the client's connect
-// to the full response. Flask is not socket-activated: its time runs from
+// to the full response. Always-on Flask is not socket-activated: its time runs from
 // `systemctl start` to its first full response.
 func cold(t *target) sample {
 	err := errors.Join(t.stop(), waitFor(10*time.Second, t.label+" to have no process", t.idle))
@@ -179,6 +187,19 @@ func (r *report) alternate(what string, rounds int, measure func(*target) sample
 func client(n int) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		MaxIdleConnsPerHost: n, MaxConnsPerHost: n, DisableKeepAlives: n == 0}}
+}
+
+// peers is client(0) with its connections from 16 source addresses in turn, as from 16
+// peers: stage 04 takes at most 8 connections from one (MaxConnectionsPerSource=).
+func peers() *http.Client {
+	c := client(0)
+	var n atomic.Uint32
+	c.Transport.(*http.Transport).DialContext = func(ctx context.Context, network,
+		addr string) (net.Conn, error) {
+		src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+n.Add(1)%16))}
+		return (&net.Dialer{LocalAddr: src}).DialContext(ctx, network, addr)
+	}
+	return c
 }
 
 // roll sends GET /roll to port and reads the response; anything but a 200 is an error.
@@ -261,6 +282,26 @@ var reportTemplates string
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
 
+// num is v with 3 significant digits, without an exponent: 31.6, 0.0000833, 1234.
+func num(v float64) string {
+	if v >= 1000 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	f, _ := strconv.ParseFloat(fmt.Sprintf("%.3g", v), 64)
+	return strconv.FormatFloat(f, 'f', -1, 64)
+}
+
+// span is d in the unit a reader would say it in: 24 h, 5.1 min, 0.52 s.
+func span(d time.Duration) string {
+	switch {
+	case d >= time.Hour:
+		return num(d.Hours()) + " h"
+	case d >= time.Minute:
+		return num(d.Minutes()) + " min"
+	}
+	return num(d.Seconds()) + " s"
+}
+
 // failures is the count of failures and the first error.
 func failures(s sample) string {
 	if s.err == nil {
@@ -287,7 +328,7 @@ func (r *report) rows(cells func(k string) []string, keys ...string) (rows [][]s
 	return rows
 }
 
-// write executes the template name ("measure", "bench.md" or "bench.svg") on the results.
+// write executes the template name ("measure" or a file's name) on the results.
 func (r *report) write(w io.Writer, name string) error {
 	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
 	_, cpu, _ := strings.Cut(string(cpuinfo), "model name")
@@ -305,21 +346,31 @@ func (r *report) write(w io.Writer, name string) error {
 		"ConnDur": r.connDur, "Quick": r.quick, "Load0": r.load0, "Load1": loadavg(),
 		"Sizes": strings.Join(sizes, ", "), "Took": time.Since(r.started).Round(time.Second),
 		"Systemd": field(output("systemctl", "--version"), 1), "Kernel": output("uname", "-r"),
-		"CGO": output("go", "env", "CGO_ENABLED"), "Goals": r.goals(), "Charts": r.charts(),
+		"CGO": output("go", "env", "CGO_ENABLED"), "Goals": r.goals(), "SVG": r.charts(),
+		"DaySVG": r.dayChart(),
 		"Flask": output(python, "-c", "import sys, importlib.metadata as m; "+
 			"print(m.version('flask'), '(Python', sys.version.split()[0]+')')"),
 		"RSS": r.rows(func(k string) []string {
 			return []string{r.rss[k][0].String(), r.rss[k][1].String(), r.rss[k][2].String(),
 				r.rss[k][3].String()}
-		}, "01", "02", "03", "04", "flask"),
+		}, rssKeys...),
 		"Cold": r.rows(func(k string) []string {
 			s := r.cold[k]
 			return []string{ms(s.p(50)), ms(s.p(95)), fmt.Sprint(len(s.times)), failures(s)}
-		}, "02", "03", "04", "f02", "f03", "f04", "c04", "flask"),
+		}, "02", "03", "04", "05", "05f", "fs", "f02", "f03", "f04", "c04", "flask"),
 		"Warm": r.rows(func(k string) []string {
 			s := r.warm[k]
-			return []string{fmt.Sprintf("%.0f", s.rate()), ratio(s, r.warm["01"]), failures(s)}
-		}, "01", "02", "03", "flask"),
+			return []string{fmt.Sprintf("%.0f", s.rate()), ratio(s, r.warm["01"]),
+				ratio(s, r.warm["02"]), failures(s)}
+		}, "01", "02", "03", "05", "05f", "fs", "flask"),
+		"Day": r.rows(func(k string) (cells []string) {
+			for _, calls := range []int{10, 1000} {
+				active, mibh := r.day(k, calls)
+				cells = append(cells, span(active), num(mibh))
+			}
+			return cells
+		}, rssKeys...),
+		"Idle03": span(r.idles["03-idle-exit"]), "Idle05": span(r.idles["05-socket-proxyd"]),
 		"Conn": r.rows(func(k string) []string {
 			s := r.conn[k]
 			return []string{fmt.Sprintf("%.0f", s.rate()), failures(s), ratio(s, r.conn["f04"]),
@@ -336,21 +387,24 @@ func (r *report) goals() (g [][]string) {
 		g = append(g, []string{goal, fmt.Sprintf(format, args...),
 			map[bool]string{true: "**met**", false: "**missed**"}[met]})
 	}
-	idle := r.rss["02"][0].procs + r.rss["03"][0].procs + r.rss["03"][3].procs +
-		r.rss["04"][0].procs + r.rss["04"][3].procs
-	add("P1 stages 02–04 idle: no process, 0 KiB", idle == 0, "%d processes before the first "+
-		"request (02–04) and after idle or close (03, 04)", idle)
+	idle := 0
+	for _, k := range []string{"02", "03", "04", "05", "05f"} {
+		idle += r.rss[k][0].procs + map[bool]int{true: r.rss[k][3].procs}[r.targets[k].exits()]
+	}
+	add("P1 stages 02–05 idle: no process, 0 KiB", idle == 0, "%d processes before the first "+
+		"request (02–05) and after idle or close (03–05)", idle)
 	goMax, flask := 0, r.rss["flask"][2].kib
 	for _, k := range []string{"01", "02", "03", "04"} {
 		goMax = max(goMax, r.rss[k][1].kib, r.rss[k][2].kib)
 	}
 	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask, "largest Go stage %d KiB / Flask "+
 		"%d KiB (after %d requests) = %.2f×", goMax, flask, r.requests, float64(goMax)/float64(flask))
-	fl := r.cold["flask"].p(50)
+	fl := r.cold["fs"].p(50) // Flask timed as the stages are, from the client's connect
 	for _, k := range []string{"02", "03", "04"} {
 		s, f := r.cold[k], r.cold["f"+k].p(50)
 		x, y := float64(s.p(50))/float64(f), float64(s.p(50))/float64(fl)
-		add("P2 "+k+" cold ≤ 1.5× floor, ≤ 0.1× Flask", x <= 1.5 && y <= 0.1 && s.failed == 0,
+		add("P2 "+k+" cold ≤ 1.5× floor, ≤ 0.1× socket-activated Flask", x <= 1.5 && y <= 0.1 &&
+			s.failed == 0,
 			"p50 %s vs floor %s = %.2f×; vs Flask %s = %.3f×", ms(s.p(50)), ms(f), x, ms(fl), y)
 	}
 	for _, k := range []string{"02", "03"} {
@@ -374,29 +428,85 @@ func (r *report) goals() (g [][]string) {
 	return g
 }
 
-// charts are bench.svg's bar charts: RSS after r.requests requests, cold start p50.
-func (r *report) charts() []any {
-	chart := func(x int, title, unit string, value func(string) float64, keys ...string) any {
-		var bars []map[string]any
-		top := 0.0
-		for _, k := range keys {
-			top = max(top, value(k))
-		}
-		for _, k := range keys {
-			if t := r.targets[k]; t != nil {
-				bars = append(bars, map[string]any{"Label": t.label, "Y": 64 + 26*len(bars),
-					"Width": value(k) / top * 200, "Flask": k == "flask",
-					"Value": fmt.Sprintf("%.1f %s", value(k), unit)})
-			}
-		}
-		return map[string]any{"X": x, "Title": title, "Bars": bars}
+// chart is a bar chart at x of bench.svg or bench-day.svg: a bar per target of keys
+// there is, value(key) long, Flask's dice.py in orange.
+func (r *report) chart(x int, title, unit string, value func(string) float64,
+	keys ...string) map[string]any {
+	var bars []map[string]any
+	top := 0.0
+	for _, k := range keys {
+		top = max(top, value(k))
 	}
-	return []any{
-		chart(10, fmt.Sprintf("RSS after %d requests", r.requests), "MiB", func(k string) float64 {
-			return float64(r.rss[k][2].kib) / 1024
-		}, "01", "02", "03", "04", "flask"),
-		chart(460, "Cold first response, p50", "ms", func(k string) float64 {
-			return float64(r.cold[k].p(50)) / 1e6
-		}, "02", "03", "04", "f02", "f03", "f04", "c04", "flask"),
+	for _, k := range keys {
+		if t := r.targets[k]; t != nil {
+			bars = append(bars, map[string]any{"Label": t.label, "Y": 64 + 26*len(bars),
+				"Width": value(k) / top * 200, "Flask": t.python, "Value": num(value(k)) + unit})
+		}
 	}
+	return map[string]any{"X": x, "Title": title, "Bars": bars}
 }
+
+// svg is an image of charts side by side, as tall as the longest.
+func svg(title string, charts ...map[string]any) map[string]any {
+	bars := 0
+	for _, c := range charts {
+		bars = max(bars, len(c["Bars"].([]map[string]any)))
+	}
+	return map[string]any{"Title": title, "Charts": charts, "Height": 74 + 26*bars}
+}
+
+// charts are bench.svg: RSS after r.requests requests, cold start p50.
+func (r *report) charts() map[string]any {
+	return svg(fmt.Sprintf("socket-dice: memory and cold start (%s, %d CPUs, %s)",
+		r.started.UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version()),
+		r.chart(10, fmt.Sprintf("RSS after %d requests", r.requests), " MiB",
+			func(k string) float64 { return float64(r.rss[k][2].kib) / 1024 }, rssKeys...),
+		r.chart(480, "Cold first response, p50", " ms", func(k string) float64 {
+			return float64(r.cold[k].p(50)) / 1e6
+		}, "02", "03", "04", "05", "05f", "fs", "f02", "f03", "f04", "c04", "flask"))
+}
+
+// dayChart is bench-day.svg: memory × time a day, for 10 and for 1,000 calls.
+func (r *report) dayChart() map[string]any {
+	var charts []map[string]any
+	for i, calls := range []int{10, 1000} {
+		charts = append(charts, r.chart(10+470*i, []string{"10", "1,000"}[i]+" calls a day",
+			" MiB·h", func(k string) float64 { _, v := r.day(k, calls); return v }, rssKeys...))
+	}
+	return svg("Memory × time a day, calls spread over the day (MiB·h)", charts...)
+}
+
+// day is what target k holds in a day of calls spread evenly over 24 h: how long its
+// processes run, and memory × time in MiB·h. A process that stays once started (01,
+// 02, Flask) runs 24 h, with its RSS after the 1st request for 10 calls, after
+// r.requests for more. One that exits runs per call its cold start (04: the connection,
+// from connect to response) plus the idle time in its committed units (03, 05), or
+// until the next call, with its RSS after the 1st request.
+func (r *report) day(k string, calls int) (active time.Duration, mibh float64) {
+	t, phase := r.targets[k], 1
+	switch {
+	case !t.exits():
+		active = 24 * time.Hour
+		phase = map[bool]int{true: 2, false: 1}[calls > 10]
+	default:
+		gap := 24 * time.Hour / time.Duration(calls)
+		active = time.Duration(calls) * min(gap, r.cold[k].p(50)+r.idles[t.stage])
+	}
+	return active, float64(r.rss[k][phase].kib) / 1024 * active.Hours()
+}
+
+// committedIdle is the idle time in the committed units of stage: the -idle or
+// --exit-idle-time of its ExecStart=, 0 if none.
+func committedIdle(top, stage string) time.Duration {
+	units, _ := filepath.Glob(filepath.Join(top, "units", stage, "*.service"))
+	for _, unit := range units {
+		data, _ := os.ReadFile(unit)
+		if m := idleFlag.FindSubmatch(data); m != nil {
+			d, _ := time.ParseDuration(string(m[1]))
+			return d
+		}
+	}
+	return 0
+}
+
+var idleFlag = regexp.MustCompile(`(?m)^ExecStart=.*(?:-idle |--exit-idle-time=)(\S+)`)
