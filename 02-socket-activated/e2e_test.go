@@ -18,11 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"example.com/socket-dice/dice/dicetest"
 	"example.com/socket-dice/internal/stagetest"
 	"example.com/socket-dice/internal/systemdtest"
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
 
 // TestSystemdSocketActivate is the no-units quick path from the README:

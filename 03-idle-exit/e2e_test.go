@@ -17,12 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"example.com/socket-dice/dice"
 	"example.com/socket-dice/dice/dicetest"
 	"example.com/socket-dice/internal/stagetest"
 	"example.com/socket-dice/internal/systemdtest"
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
 
 // startStage installs the stage's units under a private systemd user manager, with

@@ -19,11 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"example.com/socket-dice/dice"
 	"example.com/socket-dice/dice/dicetest"
 	"example.com/socket-dice/internal/systemdtest"
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
 
 // startSocket starts dice.socket under a private systemd user manager, with dropIn,

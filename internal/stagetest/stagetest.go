@@ -20,10 +20,11 @@ import (
 	"testing"
 	"time"
 
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/systemdtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"example.com/socket-dice/dice/dicetest"
+	"example.com/socket-dice/internal/systemdtest"
 )
 
 // runMain is set in the environment of a test binary that is to run as the stage.
