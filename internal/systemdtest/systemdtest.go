@@ -46,7 +46,7 @@ type Manager struct {
 // the module root top.
 func Start(top, state string) (*Manager, error) {
 	m := &Manager{top: top, state: state}
-	if out, err := m.script("user-manager", "up"); err != nil {
+	if out, err := m.script("user-manager", nil, "up"); err != nil {
 		return nil, fmt.Errorf("scripts/user-manager up: %v\n%s", err, out)
 	}
 	return m, nil
@@ -54,7 +54,7 @@ func Start(top, state string) (*Manager, error) {
 
 // Stop stops the manager, its units and processes, and removes its state.
 func (m *Manager) Stop() error {
-	if out, err := m.script("user-manager", "down"); err != nil {
+	if out, err := m.script("user-manager", nil, "down"); err != nil {
 		return fmt.Errorf("scripts/user-manager down: %v\n%s", err, out)
 	}
 	return nil
@@ -93,12 +93,12 @@ func New(t testing.TB) *Manager {
 	return m
 }
 
-// script runs scripts/name args... with this manager's state directory.
-func (m *Manager) script(name string, args ...string) ([]byte, error) {
+// script runs scripts/name args... with this manager's state directory and env.
+func (m *Manager) script(name string, env []string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(m.top, "scripts", name), args...)
-	cmd.Env = append(m.Env(), "DICE_PRIVATE_SYSTEMD=1", "DICE_STATE_DIR="+m.state)
+	cmd.Env = append(m.Env(), append(env, "DICE_PRIVATE_SYSTEMD=1", "DICE_STATE_DIR="+m.state)...)
 	return cmd.CombinedOutput()
 }
 
@@ -140,13 +140,8 @@ func (m *Manager) Log() string {
 // --install: the service runs the stage's binary in binDir with args appended, and
 // the socket listens on addr, if not empty.
 func (m *Manager) InstallStage(stage, binDir, addr string, args ...string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(m.top, "scripts", "run-stage"),
-		"--install", stage)
-	cmd.Env = append(m.Env(), "DICE_PRIVATE_SYSTEMD=1", "DICE_STATE_DIR="+m.state,
-		"DICE_BIN="+binDir, "DICE_ADDR="+addr, "DICE_ARGS="+strings.Join(args, " "))
-	if out, err := cmd.CombinedOutput(); err != nil {
+	env := []string{"DICE_BIN=" + binDir, "DICE_ADDR=" + addr, "DICE_ARGS=" + strings.Join(args, " ")}
+	if out, err := m.script("run-stage", env, "--install", stage); err != nil {
 		return fmt.Errorf("scripts/run-stage --install %s: %v\n%s", stage, err, out)
 	}
 	return nil
