@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,16 +43,6 @@ func startStage(t *testing.T, dropIn string, args ...string) (*systemdtest.Manag
 	require.Equal(t, "inactive", m.Show(t, "dice.service", "ActiveState"),
 		"nothing runs before the first connection")
 	return m, "http://" + addr
-}
-
-// timestamp is a timestamp property of unit, such as ExecMainExitTimestamp, to the
-// microsecond.
-func timestamp(t *testing.T, m *systemdtest.Manager, unit, prop string) time.Time {
-	t.Helper()
-	out := m.MustSystemctl(t, "show", "--timestamp=us+utc", "-p", prop, "--value", unit)
-	ts, err := time.Parse("Mon 2006-01-02 15:04:05.999999 MST", strings.TrimSpace(out))
-	require.NoError(t, err, "%s of %s", prop, unit)
-	return ts
 }
 
 // socketState is dice.socket's ActiveState and SubState, from one systemctl call so
@@ -91,7 +80,7 @@ func TestIdleExitUnderSystemd(t *testing.T) {
 	closed := time.Now()
 	m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
 	t.Logf("with -idle 300ms the process exited %s after the last connection closed "+
-		"(seen by polling after %s)", timestamp(t, m, "dice.service",
+		"(seen by polling after %s)", m.Timestamp(t, "dice.service",
 		"ExecMainExitTimestamp").Sub(closed).Round(time.Millisecond),
 		time.Since(closed).Round(time.Millisecond))
 	assert.NoDirExists(t, fmt.Sprintf("/proc/%d", pid), "the process is gone")
@@ -164,27 +153,15 @@ func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
 	// At least 50 rounds, and on until 3 bursts have straddled an exit (bounded by a
 	// count, not a time: a loaded machine takes longer, not fewer rounds).
 	for ; (round < 50 || straddled < 3) && round < 500; round++ {
-		pid, closed, err := rollAndWaitForClose(base)
+		pid, closed, err := dicetest.RollAndWaitForClose(base)
 		if err != nil {
 			failed = append(failed, fmt.Errorf("round %d, first request: %w", round, err))
 			continue
 		}
 		processes[pid] = true
-		pids := make([]int, clients)
-		errs := make([]error, clients)
-		fire := make(chan struct{})
-		var wg sync.WaitGroup
-		for i := range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-fire
-				pids[i], errs[i] = dicetest.TryRoll(client, base)
-			}()
-		}
-		time.Sleep(time.Until(closed.Add(aim)))
-		close(fire)
-		wg.Wait()
+		pids, errs := dicetest.Burst(clients, closed.Add(aim), func() (int, error) {
+			return dicetest.TryRoll(client, base)
+		})
 		burst := map[int]bool{}
 		for i := range clients {
 			if errs[i] != nil {
@@ -213,35 +190,6 @@ func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
 	assert.Positive(t, straddled, "no burst met an exit: the test missed the window")
 	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
 	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
-}
-
-// rollAndWaitForClose sends one GET /roll with "Connection: close" and returns the
-// Dice-Pid and when the server closed the connection: the idle timer starts then.
-func rollAndWaitForClose(base string) (pid int, closed time.Time, err error) {
-	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
-		return 0, time.Time{}, err
-	}
-	_, err = fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\nConnection: close\r\n\r\n")
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	_, err = io.Copy(io.Discard, resp.Body) // Up to the server's FIN.
-	closed = time.Now()
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, closed, fmt.Errorf("status %d, %v", resp.StatusCode, err)
-	}
-	pid, err = strconv.Atoi(resp.Header.Get("Dice-Pid"))
-	return pid, closed, err
 }
 
 // TestOnlyARealClientHoldsTheService proves that the idle timer counts connections
@@ -287,7 +235,7 @@ func TestOnlyARealClientHoldsTheService(t *testing.T) {
 		limit := dice.ReadHeaderTimeout + 300*time.Millisecond
 		m.WaitProp(t, "dice.service", "ActiveState", "inactive", limit+10*time.Second)
 		t.Logf("a silent client held the service for %s (ReadHeaderTimeout + idle = %s)",
-			timestamp(t, m, "dice.service", "ExecMainExitTimestamp").Sub(connected).
+			m.Timestamp(t, "dice.service", "ExecMainExitTimestamp").Sub(connected).
 				Round(time.Millisecond), limit)
 		assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
 		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))

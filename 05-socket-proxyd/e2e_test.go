@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -304,29 +302,15 @@ func TestBurstsAcrossIdleExitLoseNothing(t *testing.T) {
 	start := time.Now()
 	round := 0
 	for ; (round < 50 || late < 10 || tight < 3) && round < 400; round++ {
-		pid, closed, err := rollAndWaitForClose(s.base)
+		pid, closed, err := dicetest.RollAndWaitForClose(s.base)
 		if err != nil {
 			failed = append(failed, fmt.Errorf("round %d, first request: %w", round, err))
 			s.waitIdle(t)
 			continue
 		}
 		proxyBefore := s.m.Show(t, proxy, "ExecMainPID")
-		pids := make([]string, clients)
-		errs := make([]error, clients)
-		fire := make(chan struct{})
-		var wg sync.WaitGroup
-		for i := range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-fire
-				pids[i], errs[i] = roll(s.base)
-			}()
-		}
-		time.Sleep(time.Until(closed.Add(aim)))
-		fired := time.Now()
-		close(fire)
-		wg.Wait()
+		fired := closed.Add(aim)
+		pids, errs := dicetest.Burst(clients, fired, func() (string, error) { return roll(s.base) })
 		for i := range clients {
 			if errs[i] != nil {
 				failed = append(failed, fmt.Errorf("round %d, client %d: %w", round, i, errs[i]))
@@ -342,12 +326,12 @@ func TestBurstsAcrossIdleExitLoseNothing(t *testing.T) {
 		aim -= 5 * time.Millisecond
 		// The units' last InactiveEnterTimestamp: when the old proxy (the old backend)
 		// had exited; the new ones have not yet.
-		if gap := fired.Sub(timestamp(t, s.m, proxy, "InactiveEnterTimestamp")); gap.Abs() < closest.Abs() {
+		if gap := fired.Sub(s.m.Timestamp(t, proxy, "InactiveEnterTimestamp")); gap.Abs() < closest.Abs() {
 			closest = gap
 		}
 		if pids[0] == strconv.Itoa(pid) {
 			sameApp++ // The backend was still active: the new proxy kept it.
-		} else if fired.Before(timestamp(t, s.m, backend, "InactiveEnterTimestamp")) {
+		} else if fired.Before(s.m.Timestamp(t, backend, "InactiveEnterTimestamp")) {
 			whileStopping++ // Sent before the old backend had exited.
 		}
 		tight = sameApp + whileStopping
@@ -363,45 +347,6 @@ func TestBurstsAcrossIdleExitLoseNothing(t *testing.T) {
 	assert.GreaterOrEqual(t, late, 10, "bursts after an idle exit: the test missed the window")
 	assert.Positive(t, tight, "no burst came while the old backend still ran: missed the window")
 	assert.Equal(t, "listening", s.m.Show(t, "dice.socket", "SubState"))
-}
-
-// rollAndWaitForClose sends one GET /roll with "Connection: close" and returns the
-// Dice-Pid and when the connection closed: the proxy's idle timer starts then.
-func rollAndWaitForClose(base string) (pid int, closed time.Time, err error) {
-	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
-		return 0, time.Time{}, err
-	}
-	_, err = fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\nConnection: close\r\n\r\n")
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	_, err = io.Copy(io.Discard, resp.Body) // Up to the FIN, passed on by the proxy.
-	closed = time.Now()
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, closed, fmt.Errorf("status %d, %v", resp.StatusCode, err)
-	}
-	pid, err = strconv.Atoi(resp.Header.Get("Dice-Pid"))
-	return pid, closed, err
-}
-
-// timestamp is a timestamp property of unit, such as ExecMainExitTimestamp, to the
-// microsecond.
-func timestamp(t *testing.T, m *systemdtest.Manager, unit, prop string) time.Time {
-	t.Helper()
-	out := m.MustSystemctl(t, "show", "--timestamp=us+utc", "-p", prop, "--value", unit)
-	ts, err := time.Parse("Mon 2006-01-02 15:04:05.999999 MST", strings.TrimSpace(out))
-	require.NoError(t, err, "%s of %s", prop, unit)
-	return ts
 }
 
 // TestBadRequestsThroughTheProxy sends every bad request through the proxy to stage

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -196,4 +197,53 @@ func Load(base string, keepAlive, fresh int) (answered func() int64,
 		wg.Wait()
 		return failed
 	}
+}
+
+// RollAndWaitForClose sends one GET /roll with "Connection: close" and returns the
+// Dice-Pid and when the server closed the connection: the idle timer starts then.
+func RollAndWaitForClose(base string) (pid int, closed time.Time, err error) {
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
+		return 0, time.Time{}, err
+	}
+	_, err = fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\nConnection: close\r\n\r\n")
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body) // Up to the server's FIN.
+	closed = time.Now()
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return 0, closed, fmt.Errorf("status %d, %v", resp.StatusCode, err)
+	}
+	pid, err = strconv.Atoi(resp.Header.Get("Dice-Pid"))
+	return pid, closed, err
+}
+
+// Burst calls roll n times at once, from n goroutines, at the moment at, and returns
+// what each call returned. roll may be TryRoll on a client, with the base URL bound.
+func Burst[P any](n int, at time.Time, roll func() (P, error)) ([]P, []error) {
+	pids, errs := make([]P, n), make([]error, n)
+	fire := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-fire
+			pids[i], errs[i] = roll()
+		}()
+	}
+	time.Sleep(time.Until(at))
+	close(fire)
+	wg.Wait()
+	return pids, errs
 }

@@ -212,6 +212,16 @@ func (m *Manager) WaitProp(t testing.TB, unit, prop, want string, timeout time.D
 	t.Fatalf("%s: %s is %q (%v) after %s, want %q", unit, prop, got, err, timeout, want)
 }
 
+// Timestamp is a timestamp property of unit, such as ExecMainExitTimestamp, to the
+// microsecond.
+func (m *Manager) Timestamp(t testing.TB, unit, prop string) time.Time {
+	t.Helper()
+	out := m.MustSystemctl(t, "show", "--timestamp=us+utc", "-p", prop, "--value", unit)
+	ts, err := time.Parse("Mon 2006-01-02 15:04:05.999999 MST", strings.TrimSpace(out))
+	require.NoError(t, err, "%s of %s", prop, unit)
+	return ts
+}
+
 // systemctl runs `systemctl --user args...`; combined selects stdout and stderr
 // together, else stdout only (with stderr in the error).
 func (m *Manager) systemctl(combined bool, args ...string) ([]byte, error) {
