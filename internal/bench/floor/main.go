@@ -1,11 +1,8 @@
 // Command floor is the benchmark's Go floor: the least a socket-activated Go program
-// can do to answer GET /roll. No net/http, no flags, no logging: it takes fd 3 from
-// systemd, answers one request with a fixed response and exits. What it costs is
-// the cost of systemd starting a Go process; a stage's cold start is compared with it.
-//
-// With Accept=yes fd 3 is the connection; with Accept=no it is the listening socket,
-// and floor accepts one connection on it. Under Type=notify it sends READY=1 first,
-// as stage 03 does.
+// can do to answer GET /roll, without net/http, so that what it costs is systemd
+// starting a Go process. It takes fd 3 (with Accept=no the listening socket, on which
+// it accepts one connection), sends READY=1 under Type=notify as stage 03 does,
+// answers one request with a fixed response, and exits.
 package main
 
 import (
@@ -19,17 +16,12 @@ func main() {
 		fd, _ := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM, 0)
 		_ = syscall.Sendto(fd, []byte("READY=1"), 0, &syscall.SockaddrUnix{Name: name})
 	}
-	conn := 3
-	listening, _ := syscall.GetsockoptInt(3, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
-	if listening == 1 {
-		var err error
-		if conn, _, err = syscall.Accept(3); err != nil {
-			os.Exit(1)
-		}
+	conn, err := 3, error(nil)
+	if on, _ := syscall.GetsockoptInt(3, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); on == 1 {
+		conn, _, err = syscall.Accept(3)
 	}
-	// The request: a client's GET /roll comes in one segment.
-	buf := make([]byte, 4096)
-	if _, err := syscall.Read(conn, buf); err != nil {
+	buf := make([]byte, 4096) // a client's GET /roll comes in one segment
+	if _, rerr := syscall.Read(conn, buf); err != nil || rerr != nil {
 		os.Exit(1)
 	}
 	_, _ = syscall.Write(conn, []byte("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"+
