@@ -81,15 +81,18 @@ test-distros: ## the README as a user in a login session, on Debian 12, 13 and t
 
 # Both build the stages as `make build` does (CGO_ENABLED=0 is for that build) and run
 # each one, the floors and the blog's Flask app under a private systemd of its own.
+# The blog post's Flask app is measured too; Debian's python3-flask, not a venv's.
+NEED_FLASK = @/usr/bin/python3 -c 'import flask' 2>/dev/null || { echo "this needs Flask:" \
+	"apt-get install python3-flask (zypper install python3-Flask)" >&2; exit 1; }
 # make measure prints only the table on stdout; its progress goes to stderr.
 measure: ## RSS of every stage and of the blog's Flask app, as a Markdown table
-	@scripts/need-flask
+	$(NEED_FLASK)
 	@CGO_ENABLED=0 $(GO) run ./internal/bench -measure
 
 # BENCH_QUICK=1: a smoke run (< 1 min) whose output goes to a temporary directory.
 BENCH_FLAGS ?= $(if $(BENCH_QUICK),-quick)
 bench: ## cold start, throughput, RSS side by side: docs/bench.md, docs/bench.svg
-	@scripts/need-flask
+	$(NEED_FLASK)
 	CGO_ENABLED=0 $(GO) run ./internal/bench $(BENCH_FLAGS)
 
 clean: ## remove bin/

@@ -73,7 +73,7 @@ func needFlask(t *testing.T) {
 		t.Skip("-short: no tests under a real systemd")
 	}
 	if exec.Command("/usr/bin/python3", "-c", "import flask").Run() != nil {
-		systemdtest.SkipOrFail(t, "the Flask backend needs python3-flask: scripts/need-flask")
+		systemdtest.SkipOrFail(t, "the Flask backend needs python3-flask: apt-get install python3-flask")
 	}
 }
 
