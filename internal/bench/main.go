@@ -1,8 +1,6 @@
-// Command bench measures the five stages side by side under a real systemd, and
-// compares them with the blog post's Flask app (always on, socket-activated, behind
-// stage 05's proxy) and with floors: programs that only answer fd 3 (floor/, cfloor/),
-// started by the same units. Each target runs in a private user manager of its own
-// (internal/systemdtest), from its units as committed plus drop-ins.
+// Command bench measures the five stages side by side under a real systemd, with the
+// blog post's Flask app and with floors (floor/, cfloor/), each in a private user manager
+// of its own (internal/systemdtest); docs/bench.md says how.
 //
 //	go run ./internal/bench            the full run (minutes): docs/bench.md, bench*.svg
 //	go run ./internal/bench -quick     a smoke run (< 1 min), into a temporary directory
@@ -12,12 +10,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -64,7 +64,11 @@ var (
 )
 
 //go:embed report.tmpl
-var reportTemplates string // -measure's output and bench.md
+var measureTemplate string
+
+// region is a generated part of docs/bench.md, <!-- bench:name -->…<!-- /bench -->, its
+// markers on lines of their own (a table, a paragraph) or within a sentence (a figure).
+var region = regexp.MustCompile(`(?s)(<!-- bench:([a-z0-9]+) -->\n?).*?(\n?<!-- /bench -->)`)
 
 func main() {
 	flag.Parse()
@@ -116,6 +120,9 @@ func run() (err error) {
 		}
 	}
 	if !*measure {
+		if _, err := fill(); err != nil { // a region bench.md lacks: fail before the load
+			return err
+		}
 		measureLoads()
 	}
 	return write()
@@ -159,9 +166,8 @@ func addTargets() {
 	add("02", "02-socket-activated", "02-socket-activated", "bin", "dice.service", noLimit)
 	add("03", "03-idle-exit", "03-idle-exit", "bin")
 	add("04", "04-accept-yes", "04-accept-yes", "bin")
-	// 05 with stage 01's program behind the proxy, and with the post's dice.py. The
-	// proxy's idle time is at least 1 s: Flask closes its connection after each
-	// response, and 100 ms could end the proxy between two requests.
+	// 05 with stage 01's program behind the proxy, and with the post's dice.py; the
+	// proxy's idle time is at least 1 s (docs/bench.md says why).
 	for _, key := range []string{"05", "05f"} {
 		app := 18150 + len(targets)
 		add(key, map[string]string{"05": "05-socket-proxyd", "05f": "05, Flask backend"}[key],
@@ -204,12 +210,7 @@ func pick(keys ...string) (ts []*target) {
 }
 
 // get is the target key, or an empty one (nothing measured) if there is none.
-func get(key string) *target {
-	if t := targets[key]; t != nil {
-		return t
-	}
-	return &target{}
-}
+func get(key string) *target { return cmp.Or(targets[key], &target{}) }
 
 // command runs a program and logs it; its output goes into the error.
 func command(name string, args ...string) error {
@@ -246,10 +247,10 @@ type target struct {
 	cold, warm, conn sample
 }
 
-// services are the services that start and stop act on, by stage.
+// services are the services that start and stop act on, by stage: the other stages
+// are started by their socket and exit by themselves.
 var services = map[string]string{"": "dice-flask.service", "01-always-on": "dice.service",
-	"02-socket-activated": "dice.service", "03-idle-exit": "dice.service",
-	"04-accept-yes": "dice@.service", "05-socket-proxyd": "dice-proxy.service"}
+	"02-socket-activated": "dice.service"}
 
 func (t *target) socketActivated() bool { return t.stage != "" && t.stage != "01-always-on" }
 
@@ -328,9 +329,8 @@ func (t *target) stop() error {
 	return t.systemctl("stop", services[t.stage])
 }
 
-// memory is the target's processes (the main process of each dice service: 04's
-// instances, 05's proxy and app) and their RSS: VmRSS of /proc/<pid>/status, what
-// `ps -o rss=` shows.
+// memory is the target's processes, the main process of each dice service (04's
+// instances, 05's proxy and app), and their RSS: VmRSS, what `ps -o rss=` shows.
 func (t *target) memory() (r rss) {
 	pids, _ := t.m.Prop("dice*.service", "MainPID")
 	for _, pid := range strings.Fields(pids) {
@@ -389,8 +389,7 @@ func (t *target) measureRSS() error {
 func measureLoads() {
 	alternate("cold starts", starts, coldKeys, func(t *target) *sample { return &t.cold },
 		func(t *target) sample {
-			// Always-on Flask is not socket-activated: its time runs from `systemctl
-			// start` to its first full response.
+			// Always-on Flask's time runs from `systemctl start` (t.start) to its response.
 			err := t.stop()
 			if err == nil {
 				err = waitFor(10*time.Second, t.label+" to have no process", t.idle)
@@ -532,10 +531,7 @@ func result(err error) sample {
 
 func (s *sample) add(o sample) {
 	s.ok, s.failed, s.elapsed = s.ok+o.ok, s.failed+o.failed, s.elapsed+o.elapsed
-	s.times = append(s.times, o.times...)
-	if s.err == nil {
-		s.err = o.err
-	}
+	s.times, s.err = append(s.times, o.times...), cmp.Or(s.err, o.err)
 }
 
 func (s sample) rate() float64 { return float64(s.ok) / s.elapsed.Seconds() }
@@ -548,19 +544,16 @@ func (s sample) p(percent int) time.Duration {
 	return slices.Sorted(slices.Values(s.times))[(len(s.times)*percent+99)/100-1]
 }
 
-// write prints the RSS table (-measure), or writes bench.md, bench.svg and bench-day.svg
-// into docs/ (-quick: into a new temporary directory).
+// write prints the RSS table (-measure), or writes bench.md (docs/bench.md, regions
+// filled), bench.svg and bench-day.svg into docs/ (-quick: a new temporary directory).
 func write() (err error) {
-	tmpl, md := template.Must(template.New("").Parse(reportTemplates)), &strings.Builder{}
 	if *measure {
-		return tmpl.ExecuteTemplate(os.Stdout, "measure", data())
+		return template.Must(template.New("").Parse(measureTemplate)).Execute(os.Stdout, figures())
 	}
+	md, err := fill()
 	dir := "docs"
-	if *quick {
+	if err == nil && *quick {
 		dir, err = os.MkdirTemp("", "dice-bench-out-")
-	}
-	if err == nil {
-		err = tmpl.ExecuteTemplate(md, "bench.md", data())
 	}
 	logf("the run took %s; writing bench.md, bench.svg and bench-day.svg in %s",
 		time.Since(started).Round(time.Second), dir)
@@ -568,7 +561,7 @@ func write() (err error) {
 		return panel{title + " calls a day", " MiB·h", rssKeys,
 			func(t *target) float64 { return mibh(t, calls) }}
 	}
-	for name, text := range map[string]string{"bench.md": md.String(),
+	for name, text := range map[string]string{"bench.md": md,
 		"bench.svg": svg(fmt.Sprintf("socket-dice: memory and cold start (%s, %d CPUs, %s)",
 			started.UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version()),
 			panel{fmt.Sprintf("RSS after %d requests", requests), " MiB", rssKeys,
@@ -585,8 +578,30 @@ func write() (err error) {
 	return err
 }
 
-// data is what the templates show: the machine, the run's settings, the tables.
-func data() map[string]any {
+// fill is docs/bench.md with each region's content replaced by the figure of its
+// name; it fails if a figure has no region there.
+func fill() (string, error) {
+	md, err := os.ReadFile("docs/bench.md")
+	values := figures()
+	missing := maps.Clone(values)
+	out := region.ReplaceAllStringFunc(string(md), func(r string) string {
+		m := region.FindStringSubmatch(r)
+		if value, ok := values[m[2]]; ok {
+			delete(missing, m[2])
+			return m[1] + strings.TrimSuffix(value, "\n") + m[3]
+		}
+		return r // not a figure: left as it is
+	})
+	if err == nil && len(missing) > 0 {
+		err = fmt.Errorf("docs/bench.md has no region <!-- bench:NAME -->…<!-- /bench --> "+
+			"for %s: the run would leave these figures out", slices.Sorted(maps.Keys(missing)))
+	}
+	return out, err
+}
+
+// figures are what bench.md shows between markers, by name, and -measure's template
+// some of them: the machine, the run's settings, the tables.
+func figures() map[string]string {
 	var sizes []string
 	for _, path := range []string{"bin/01-always-on", "bin/02-socket-activated",
 		"bin/03-idle-exit", "bin/04-accept-yes", "floor/04-accept-yes", "cfloor/04-accept-yes"} {
@@ -594,41 +609,47 @@ func data() map[string]any {
 			sizes = append(sizes, fmt.Sprintf("%s %.1f MB", path, float64(fi.Size())/1e6))
 		}
 	}
-	return map[string]any{
-		"Date": started.UTC().Format("2006-01-02 15:04 UTC"), "CPUs": runtime.NumCPU(),
-		"CPU":    output("sh", "-c", "grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2-"),
-		"Kernel": output("uname", "-r"), "Go": runtime.Version(),
-		"Systemd": strings.Fields(output("systemctl", "--version") + " ? ?")[1],
-		"Flask": output(python, "-c", "import sys, importlib.metadata as m; "+
+	return map[string]string{
+		"kind": map[bool]string{false: "full run",
+			true: "**a quick smoke run: numbers not meaningful**"}[*quick],
+		"date":   started.UTC().Format("2006-01-02 15:04 UTC"),
+		"cpus":   fmt.Sprint(runtime.NumCPU()),
+		"cpu":    output("sh", "-c", "grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2-"),
+		"kernel": output("uname", "-r"), "go": runtime.Version(),
+		"systemd": strings.Fields(output("systemctl", "--version") + " ? ?")[1],
+		"flask": output(python, "-c", "import sys, importlib.metadata as m; "+
 			"print(m.version('flask'), '(Python', sys.version.split()[0]+')')"),
-		"Quick": *quick, "Load0": load0, "Load1": loadavg(), "Sizes": strings.Join(sizes, ", "),
-		"Took": time.Since(started).Round(time.Second), "CGO": output("go", "env", "CGO_ENABLED"),
-		"Requests": requests, "Idle": idle, "Starts": starts, "Rounds": rounds,
-		"Clients": clients, "WarmDur": warmDur, "ConnDur": connDur,
-		"Idle03": span(committedIdle("03-idle-exit")),
-		"Idle05": span(committedIdle("05-socket-proxyd")),
-		"Goals":  table("| goal | measured | |", nil, nil, goals()...),
-		"RSS": table(fmt.Sprintf("| stage | started, no request yet | after the 1st request "+
+		"load0": load0, "load1": loadavg(), "took": time.Since(started).Round(time.Second).String(),
+		"build": "`CGO_ENABLED=" + output("go", "env", "CGO_ENABLED") +
+			" go build -trimpath -ldflags='-s -w'`",
+		"sizes": strings.Join(sizes, ", "),
+		"idle":  idle.String(), "requests": fmt.Sprint(requests), "starts": fmt.Sprint(starts),
+		"rounds": fmt.Sprint(rounds), "clients": fmt.Sprint(clients),
+		"warmtime": warmDur.String(), "conntime": connDur.String(),
+		"idle03": span(committedIdle("03-idle-exit")),
+		"idle05": span(committedIdle("05-socket-proxyd")),
+		"goals":  table("| goal | measured | |", nil, nil, goals()...),
+		"rss": table(fmt.Sprintf("| stage | started, no request yet | after the 1st request "+
 			"| after %d requests | connection closed, %s later |", requests, idle),
 			rssKeys, func(t *target) []string {
 				return []string{t.rss[0].String(), t.rss[1].String(), t.rss[2].String(),
 					t.rss[3].String()}
 			}),
-		"Cold": table("| | p50 | p95 | n | failed |", coldKeys, func(t *target) []string {
+		"cold": table("| | p50 | p95 | n | failed |", coldKeys, func(t *target) []string {
 			return []string{ms(t.cold.p(50)), ms(t.cold.p(95)), fmt.Sprint(len(t.cold.times)),
 				failures(t.cold)}
 		}),
-		"Warm": table("| | requests/s | ratio to 01 | to 02 | failed |", warmKeys,
+		"warm": table("| | requests/s | ratio to 01 | to 02 | failed |", warmKeys,
 			func(t *target) []string {
 				return []string{fmt.Sprintf("%.0f", t.warm.rate()), ratio(t.warm, get("01").warm),
 					ratio(t.warm, get("02").warm), failures(t.warm)}
 			}),
-		"Conn": table("| | connections/s | failed | ratio to the Go floor | to the C floor |",
+		"conn": table("| | connections/s | failed | ratio to the Go floor | to the C floor |",
 			connKeys, func(t *target) []string {
 				return []string{fmt.Sprintf("%.0f", t.conn.rate()), failures(t.conn),
 					ratio(t.conn, get("f04").conn), ratio(t.conn, get("c04").conn)}
 			}),
-		"Day": table("| | active a day, 10 calls | MiB·h | active a day, 1,000 calls | MiB·h |",
+		"day": table("| | active a day, 10 calls | MiB·h | active a day, 1,000 calls | MiB·h |",
 			rssKeys, func(t *target) []string {
 				return []string{span(active(t, 10)), num(mibh(t, 10)), span(active(t, 1000)),
 					num(mibh(t, 1000))}
@@ -697,10 +718,8 @@ func goals() (g [][]string) {
 	return g
 }
 
-// active is how long t's processes run in a day of calls spread evenly over 24 h. A
-// process that stays once started (01, 02, Flask) runs 24 h; one that exits runs per
-// call its cold start (04: the connection, from connect to response) plus the idle
-// time in its committed units (03, 05), or until the next call.
+// active is how long t's processes run in a day of calls spread evenly over 24 h, as
+// docs/bench.md's "What it saves in a day" says.
 func active(t *target, calls int) time.Duration {
 	if !t.exits() {
 		return 24 * time.Hour
