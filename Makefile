@@ -1,13 +1,12 @@
-# Socket-activated dice: build, test and run the four stages.
+# Socket-activated dice: build, test and run the five stages.
 # `make` alone lists the targets.
 
 STAGES := $(sort $(patsubst %/,%,$(wildcard 0[1-9]-*/)))
 # The stages with a program of their own; 05 runs 01's program behind a proxy.
 PROGRAMS := $(sort $(patsubst %/main.go,%,$(wildcard 0[1-9]-*/main.go)))
 GO     ?= go
-# Static, without symbol tables: 1.8 MB less RSS per process than a cgo build, and
-# 0.7-1.8 ms less per exec, which stage 04 pays on every connection (measured with
-# /usr/bin/time over 500 execs each; see docs/design-notes.md).
+# Static, without symbol tables: 1.8 MB less RSS per process than a cgo build, and less
+# work per exec, which stage 04 pays on every connection.
 GOBUILD = CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w'
 # make install-system: the binary goes to $(DESTDIR)$(PREFIX)/bin, the units to
 # $(DESTDIR)/etc/systemd/system.
@@ -56,6 +55,7 @@ diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
 # BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy.
 run-stage: build ## run-stage 2: install stage 2's units as user units and start them
 	@test -n "$(STAGE)" || { echo "usage: make run-stage 2   (stages: $(STAGES))"; exit 2; }
+	$(if $(filter flask,$(BACKEND)),$(NEED_FLASK))
 	@DICE_BACKEND="$(BACKEND)" scripts/run-stage $(STAGE)
 
 stop-stage: ## stop the running stage, remove its units (and a private manager)
