@@ -3,8 +3,8 @@
 // sockets as file descriptors 3, 4, ..., LISTEN_FDS set to their number and
 // LISTEN_PID to the program's own pid). Tests use it to pass a stage the wrong
 // kind of socket, which a real socket unit cannot be talked into, and to check
-// what a process does with signals. The e2e tests under a real systemd are in
-// package systemdtest.
+// what a process does with signals; and, for the e2e tests under a real systemd
+// (package systemdtest), a request in flight and restarts under load.
 package stagetest
 
 import (
