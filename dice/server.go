@@ -68,8 +68,8 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
 	case <-open.drained():
 		return nil
 	case <-time.After(ShutdownTimeout):
-		return fmt.Errorf("connections still open %s after the stop: %w",
-			ShutdownTimeout, srv.Close())
+		return fmt.Errorf("%d connections still open %s after the stop: %w",
+			open.open(), ShutdownTimeout, srv.Close())
 	}
 }
 
@@ -115,6 +115,13 @@ func (c *conns) closeIfZero() {
 			close(c.zero)
 		}
 	}
+}
+
+// open is the number of connections open now.
+func (c *conns) open() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
 }
 
 // drained returns a channel that is closed once no connection is open; no new
