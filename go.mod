@@ -1,4 +1,4 @@
-module example.com/socket-dice
+module socket-dice
 
 go 1.23
 

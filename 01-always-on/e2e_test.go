@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/systemdtest"
 )
 
 // TestUnderSystemd runs units/01-always-on/dice.service under a real systemd user

@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"example.com/socket-dice/dice"
+	"socket-dice/dice"
 )
 
 func main() {

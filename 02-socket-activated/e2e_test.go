@@ -21,9 +21,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/stagetest"
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/stagetest"
+	"socket-dice/internal/systemdtest"
 )
 
 // TestSystemdSocketActivate is the no-units quick path from the README:

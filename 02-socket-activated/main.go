@@ -12,7 +12,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 
-	"example.com/socket-dice/dice"
+	"socket-dice/dice"
 )
 
 func main() {

@@ -12,9 +12,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice"
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/stagetest"
+	"socket-dice/dice"
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/stagetest"
 )
 
 func TestMain(m *testing.M) { stagetest.Main(m, main) }

@@ -19,10 +19,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice"
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/stagetest"
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/dice"
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/stagetest"
+	"socket-dice/internal/systemdtest"
 )
 
 // startStage installs the stage's units under a private systemd user manager, with

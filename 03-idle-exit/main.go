@@ -15,7 +15,7 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 
-	"example.com/socket-dice/dice"
+	"socket-dice/dice"
 )
 
 func main() {

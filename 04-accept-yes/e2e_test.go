@@ -22,9 +22,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice"
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/dice"
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/systemdtest"
 )
 
 // startSocket starts dice.socket under a private systemd user manager, with dropIn,

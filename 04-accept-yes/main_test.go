@@ -13,10 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice"
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/stagetest"
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/dice"
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/stagetest"
+	"socket-dice/internal/systemdtest"
 )
 
 func TestMain(m *testing.M) { stagetest.Main(m, main) }

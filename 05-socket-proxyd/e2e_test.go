@@ -21,8 +21,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/systemdtest"
 )
 
 const (

@@ -18,8 +18,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice"
-	"example.com/socket-dice/dice/dicetest"
+	"socket-dice/dice"
+	"socket-dice/dice/dicetest"
 )
 
 func quietHandler() *dice.Handler {

@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/internal/systemdtest"
 )
 
 func unitFiles(t *testing.T) []string {

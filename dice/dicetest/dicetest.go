@@ -21,7 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice"
+	"socket-dice/dice"
 )
 
 // NewConn is a client that opens a new connection for every request and closes it

@@ -34,7 +34,7 @@ import (
 	"text/template"
 	"time"
 
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/internal/systemdtest"
 )
 
 const python = "/usr/bin/python3" // Debian's, with python3-flask; not a venv's on PATH

@@ -23,8 +23,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"example.com/socket-dice/dice/dicetest"
-	"example.com/socket-dice/internal/systemdtest"
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/systemdtest"
 )
 
 // runMain is set in the environment of a test binary that is to run as the stage.
