@@ -109,7 +109,8 @@ func (m *Manager) Env() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		switch name, _, _ := strings.Cut(kv, "="); name {
-		case "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "DICE_ADDR", "DICE_ARGS", "DICE_BIN":
+		case "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "DICE_ADDR", "DICE_ARGS", "DICE_BIN",
+			"DICE_BACKEND":
 			continue
 		}
 		env = append(env, kv)
@@ -140,9 +141,55 @@ func (m *Manager) Log() string {
 // --install: the service runs the stage's binary in binDir with args appended, and
 // the socket listens on addr, if not empty.
 func (m *Manager) InstallStage(stage, binDir, addr string, args ...string) error {
-	env := []string{"DICE_BIN=" + binDir, "DICE_ADDR=" + addr, "DICE_ARGS=" + strings.Join(args, " ")}
+	return m.InstallBackend(stage, "", binDir, addr, args...)
+}
+
+// InstallBackend is InstallStage with stage 05's backend: "flask" for the blog post's
+// dice.py, "" for stage 01's program (scripts/run-stage's DICE_BACKEND).
+func (m *Manager) InstallBackend(stage, backend, binDir, addr string, args ...string) error {
+	env := []string{"DICE_BIN=" + binDir, "DICE_ADDR=" + addr,
+		"DICE_ARGS=" + strings.Join(args, " "), "DICE_BACKEND=" + backend}
 	if out, err := m.script("run-stage", env, "--install", stage); err != nil {
 		return fmt.Errorf("scripts/run-stage --install %s: %v\n%s", stage, err, out)
+	}
+	return nil
+}
+
+// EntryUnits are the units that start stage (its sockets, else its service), as
+// scripts/run-stage --units decides for everyone.
+func EntryUnits(top, stage string) ([]string, error) {
+	out, err := query(top, "--units", stage)
+	return strings.Fields(out), err
+}
+
+// Programs are the programs that stage's units run from bin/ (stage 05: stage 01's),
+// as scripts/run-stage --programs reads them from the units' ExecStart=.
+func Programs(top, stage string) ([]string, error) {
+	out, err := query(top, "--programs", stage)
+	var programs []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if fields := strings.Fields(line); len(fields) > 1 {
+			programs = append(programs, fields[1])
+		}
+	}
+	return programs, err
+}
+
+// query runs scripts/run-stage's query mode for stage.
+func query(top, mode, stage string) (string, error) {
+	out, err := exec.Command(filepath.Join(top, "scripts", "run-stage"), mode, stage).Output()
+	if err != nil {
+		return "", fmt.Errorf("scripts/run-stage %s %s: %w", mode, stage, err)
+	}
+	return string(out), nil
+}
+
+// Build builds programs into dir with the one recipe there is, `make build`.
+func Build(top, dir string, programs ...string) error {
+	cmd := exec.Command("make", "-s", "-C", top, "build", "BIN="+dir,
+		"PROGRAMS="+strings.Join(programs, " "))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("make build: %w\n%s", err, out)
 	}
 	return nil
 }
@@ -279,10 +326,7 @@ func skipOrFail(t testing.TB, msg string) {
 func BuildStage(t testing.TB, stageDir string) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-buildvcs=false", "-o", dir, "./"+stageDir)
-	cmd.Dir = ModuleRoot(t)
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "go build ./%s:\n%s", stageDir, out)
+	require.NoError(t, Build(ModuleRoot(t), dir, stageDir))
 	return dir
 }
 

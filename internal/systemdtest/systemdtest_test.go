@@ -110,3 +110,28 @@ func TestUnavailableSkipsUnlessRequired(t *testing.T) {
 		})
 	}
 }
+
+// TestStageQueries: which units start a stage and which programs it runs, as
+// scripts/run-stage answers for everyone.
+func TestStageQueries(t *testing.T) {
+	top := ModuleRoot(t)
+	for _, tt := range []struct {
+		stage           string
+		units, programs []string
+	}{
+		{"01-always-on", []string{"dice.service"}, []string{"01-always-on"}},
+		{"04-accept-yes", []string{"dice.socket"}, []string{"04-accept-yes"}},
+		{"05-socket-proxyd", []string{"dice.socket"}, []string{"01-always-on"}},
+	} {
+		t.Run(tt.stage, func(t *testing.T) {
+			units, err := EntryUnits(top, tt.stage)
+			require.NoError(t, err)
+			assert.Equal(t, tt.units, units)
+			programs, err := Programs(top, tt.stage)
+			require.NoError(t, err)
+			assert.Equal(t, tt.programs, programs)
+		})
+	}
+	_, err := EntryUnits(top, "no-such-stage")
+	assert.Error(t, err)
+}
