@@ -158,16 +158,16 @@ func (m *Manager) InstallBackend(stage, backend, binDir, addr string, args ...st
 // EntryUnits are the units that start stage (its sockets, else its service), as
 // scripts/run-stage --units decides for everyone.
 func EntryUnits(top, stage string) ([]string, error) {
-	out, err := query(top, "--units", stage)
-	return strings.Fields(out), err
+	lines, err := Query(top, "--units", stage)
+	return strings.Fields(strings.Join(lines, " ")), err
 }
 
 // Programs are the programs that stage's units run from bin/ (stage 05: stage 01's),
 // as scripts/run-stage --programs reads them from the units' ExecStart=.
 func Programs(top, stage string) ([]string, error) {
-	out, err := query(top, "--programs", stage)
+	lines, err := Query(top, "--programs", stage)
 	var programs []string
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+	for _, line := range lines {
 		if fields := strings.Fields(line); len(fields) > 1 {
 			programs = append(programs, fields[1])
 		}
@@ -175,13 +175,14 @@ func Programs(top, stage string) ([]string, error) {
 	return programs, err
 }
 
-// query runs scripts/run-stage's query mode for stage.
-func query(top, mode, stage string) (string, error) {
-	out, err := exec.Command(filepath.Join(top, "scripts", "run-stage"), mode, stage).Output()
+// Query is the lines of scripts/run-stage's answer to a query about stage, such as
+// --units, --programs or --execs: the one place that reads a stage's units.
+func Query(top, query, stage string) ([]string, error) {
+	out, err := exec.Command(filepath.Join(top, "scripts", "run-stage"), query, stage).Output()
 	if err != nil {
-		return "", fmt.Errorf("scripts/run-stage %s %s: %w", mode, stage, err)
+		return nil, fmt.Errorf("scripts/run-stage %s %s: %w", query, stage, err)
 	}
-	return string(out), nil
+	return strings.Split(strings.TrimSuffix(string(out), "\n"), "\n"), nil
 }
 
 // Build builds programs into dir with the one recipe there is, `make build`.
