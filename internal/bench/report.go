@@ -24,37 +24,6 @@ var measureTemplate string
 // markers on lines of their own (a table, a paragraph) or within a sentence (a figure).
 var region = regexp.MustCompile(`(?s)(<!-- bench:([a-z0-9]+) -->\n?).*?(\n?<!-- /bench -->)`)
 
-// tables are docs/bench.md's tables of targets: a header, and a row per target that
-// names the table in its `in`, its label then cells(t). A new table is one entry here
-// (and a region <!-- bench:NAME --> in docs/bench.md).
-var tables = map[string]struct {
-	header func() string
-	cells  func(*target) []string
-}{
-	"rss": {func() string {
-		return fmt.Sprintf("| stage | started, no request yet | after the 1st request "+
-			"| after %d requests | connection closed |", requests)
-	}, func(t *target) []string {
-		return []string{t.rss[0].String(), t.rss[1].String(), t.rss[2].String(),
-			t.rss[3].String()}
-	}},
-	"cold": {func() string { return "| | p50 | p95 | n | failed |" }, func(t *target) []string {
-		return []string{ms(t.cold.p(50)), ms(t.cold.p(95)), fmt.Sprint(len(t.cold.times)),
-			failures(t.cold)}
-	}},
-	"warm": {func() string { return "| | requests/s | ratio to 01 | to 02 | failed |" },
-		func(t *target) []string {
-			return []string{fmt.Sprintf("%.0f", t.warm.rate()), ratio(t.warm, get("01").warm),
-				ratio(t.warm, get("02").warm), failures(t.warm)}
-		}},
-	"conn": {func() string {
-		return "| | connections/s | failed | ratio to the Go floor | to the C floor |"
-	}, func(t *target) []string {
-		return []string{fmt.Sprintf("%.0f", t.conn.rate()), failures(t.conn),
-			ratio(t.conn, get("f04").conn), ratio(t.conn, get("c04").conn)}
-	}},
-}
-
 // write prints the RSS table (-measure), or writes bench.md (docs/bench.md, regions
 // filled), bench.svg and bench-day.svg into docs/ (-quick: a new temporary directory).
 func write() (err error) {
@@ -114,13 +83,12 @@ func fill() (string, error) {
 // some of them: the machine, the run's settings, the tables.
 func figures() map[string]string {
 	var sizes []string
-	for _, t := range targets {
-		for _, p := range t.programs() {
-			path := t.bin + "/" + p
-			fi, err := os.Stat(tmp + "/" + path)
-			if size := fmt.Sprintf("%s %.1f MB", path, float64(fi.Size())/1e6); err == nil &&
-				!slices.Contains(sizes, size) {
-				sizes = append(sizes, size)
+	for _, bin := range []string{"bin", "floor", "cfloor"} {
+		programs, _ := os.ReadDir(tmp + "/" + bin)
+		for _, p := range programs {
+			if fi, err := p.Info(); err == nil {
+				sizes = append(sizes, fmt.Sprintf("%s/%s %.1f MB", bin, p.Name(),
+					float64(fi.Size())/1e6))
 			}
 		}
 	}
@@ -133,7 +101,7 @@ func figures() map[string]string {
 			_, cpu, _ = strings.Cut(strings.SplitN(after, "\n", 2)[0], ":")
 		}
 	}
-	f := map[string]string{
+	return map[string]string{
 		"kind":    kind,
 		"date":    started.UTC().Format("2006-01-02 15:04 UTC"),
 		"cpus":    fmt.Sprint(runtime.NumCPU()),
@@ -151,25 +119,32 @@ func figures() map[string]string {
 		"idle03": span(committedIdle("03-idle-exit")),
 		"idle05": span(committedIdle("05-socket-proxyd")),
 		"goals":  table("| goal | measured | |", goals()),
+		"rss": table(fmt.Sprintf("| stage | started, no request yet | after the 1st request "+
+			"| after %d requests | connection closed |", requests), cells("rss",
+			func(t *target) []string {
+				return []string{t.rss[0].String(), t.rss[1].String(), t.rss[2].String(),
+					t.rss[3].String()}
+			})),
+		"cold": table("| | p50 | p95 | n | failed |", cells("cold", func(t *target) []string {
+			return []string{ms(t.cold.p(50)), ms(t.cold.p(95)), fmt.Sprint(len(t.cold.times)),
+				failures(t.cold)}
+		})),
+		"warm": table("| | requests/s | ratio to 01 | to 02 | failed |", cells("warm",
+			func(t *target) []string {
+				return []string{fmt.Sprintf("%.0f", t.warm.rate()), ratio(t.warm, get("01").warm),
+					ratio(t.warm, get("02").warm), failures(t.warm)}
+			})),
+		"conn": table("| | connections/s | failed | ratio to the Go floor | to the C floor |",
+			cells("conn", func(t *target) []string {
+				return []string{fmt.Sprintf("%.0f", t.conn.rate()), failures(t.conn),
+					ratio(t.conn, get("f04").conn), ratio(t.conn, get("c04").conn)}
+			})),
 		"day": table("| | active a day, 10 calls | MiB·h | active a day, 1,000 calls | MiB·h |",
 			cells("rss", func(t *target) []string {
 				return []string{span(active(t, 10)), num(mibh(t, 10)), span(active(t, 1000)),
 					num(mibh(t, 1000))}
 			})),
 	}
-	for name, spec := range tables {
-		f[name] = table(spec.header(), cells(name, spec.cells))
-	}
-	return f
-}
-
-// programs are the programs t's units run, in tmp/<t.bin>/.
-func (t *target) programs() []string {
-	if t.stage == "" {
-		return nil
-	}
-	p, _ := systemdtest.Programs(top, t.stage)
-	return p
 }
 
 // cells is a row per target of table: its label, then cells(t).

@@ -22,13 +22,13 @@ type target struct {
 	key, label string
 	stage      string   // its units: units/<stage>/; "" for always-on Flask
 	bin        string   // the directory in tmp of the programs its units run: bin, floor, cfloor
-	backend    string   // stage 05's app: "" (stage 01's program) or "flask"
-	args       []string // appended to the committed ExecStart= of its program (03's -idle)
+	in         []string // the tables it is a row of: rss, cold, warm, conn (report.go)
 	dropIns    []string // unit, content, ...: what the run changes besides binary and port
 	exits      bool     // its service exits by itself: when idle (03, 05), after its request (04)
-	flask      bool     // the app is the post's dice.py: orange in the charts
-	in         []string // the tables it is a row of: rss, cold, warm, conn (report.go)
+	args       []string // appended to the committed ExecStart= of its program (03's -idle)
+	backend    string   // stage 05's app: "" (stage 01's program) or "flask"
 	unix       string   // requests go to this unix socket, below XDG_RUNTIME_DIR, not TCP
+	flask      bool     // the app is the post's dice.py (a label with "Flask"): orange in charts
 
 	port  int
 	entry []string // the units that start it (scripts/run-stage --units)
@@ -41,68 +41,59 @@ type target struct {
 // addTargets adds what is measured, each on a port of its own from 18100, in the order
 // of the tables' rows. -measure leaves out the floors; without Flask, its rows go.
 //
-// A new stage adds its rows here: one add(...) per row, naming the tables it is in
-// ("rss", "cold", "warm", "conn", or a new one added in report.go's tables and
-// measured in load.go's measureLoads). Its units come from units/<stage>/ as
-// scripts/run-stage installs them; dropIns and args change what a run needs; exits
-// says whether its service ends by itself.
+// A new stage adds its rows here: add(key, label, stage, bin, tables, dropIns...) per
+// row, then what else it needs (exits, args, unix). Its units come from units/<stage>/
+// as scripts/run-stage installs them. Its tables: "rss", "cold", "warm", "conn", or a
+// new one: a region in docs/bench.md, a figure in report.go's figures(), a measurement
+// (alternate) in load.go's measureLoads.
 func addTargets() {
-	add := func(t target) *target {
-		if t.flask && !flaskOK || *measure && (t.bin == "floor" || t.bin == "cfloor") {
-			return &t
+	add := func(key, label, stage, bin string, in []string, dropIns ...string) *target {
+		t := &target{key: key, label: label, stage: stage, bin: bin, in: in, dropIns: dropIns,
+			port: 18100 + len(targets), flask: strings.Contains(label, "Flask")}
+		if !(t.flask && !flaskOK || *measure && strings.HasSuffix(bin, "floor")) {
+			targets = append(targets, t)
 		}
-		t.port = 18100 + len(targets)
-		targets = append(targets, &t)
-		return &t
+		return t
 	}
-	all, coldConn := []string{"rss", "cold", "warm"}, []string{"cold", "conn"}
+	all, cold := []string{"rss", "cold", "warm"}, []string{"cold"}
 	// Timing cold starts stops 02's service 30 times in a row: the default start limit
 	// (5 starts in 10 s) would fail it after 5. 03's units size their own.
 	noLimit := "# bench: stopped and started 30 times.\n[Unit]\nStartLimitIntervalSec=0\n"
-	add(target{key: "01", label: "01-always-on", stage: "01-always-on", bin: "bin",
-		in: []string{"rss", "warm"}})
-	add(target{key: "02", label: "02-socket-activated", stage: "02-socket-activated",
-		bin: "bin", in: all, dropIns: []string{"dice.service", noLimit}})
-	add(target{key: "03", label: "03-idle-exit", stage: "03-idle-exit", bin: "bin", in: all,
-		exits: true, args: []string{"-idle", idle.String()}})
-	add(target{key: "04", label: "04-accept-yes", stage: "04-accept-yes", bin: "bin",
-		exits: true, in: []string{"rss", "cold", "conn"}})
+	add("01", "01-always-on", "01-always-on", "bin", []string{"rss", "warm"})
+	add("02", "02-socket-activated", "02-socket-activated", "bin", all, "dice.service", noLimit)
+	t := add("03", "03-idle-exit", "03-idle-exit", "bin", all)
+	t.exits, t.args = true, []string{"-idle", idle.String()}
+	add("04", "04-accept-yes", "04-accept-yes", "bin", []string{"rss", "cold", "conn"}).exits = true
 	// 05 with stage 01's program behind the proxy, and with the post's dice.py; the
 	// proxy's idle time is at least 1 s (docs/bench.md says why).
-	for _, backend := range []string{"", "flask"} {
-		app, key, label := 18150+len(targets), "05", "05-socket-proxyd"
-		if backend == "flask" {
-			key, label = "05f", "05, Flask backend"
-		}
-		add(target{key: key, label: label, stage: "05-socket-proxyd", bin: "bin",
-			backend: backend, flask: backend == "flask", exits: true, in: all,
-			dropIns: []string{"dice-proxy.service", fmt.Sprintf("# bench: another idle time "+
-				"and port.\n[Service]\nExecStart=\nExecStart=/usr/lib/systemd/"+
+	for _, key := range []string{"05", "05f"} {
+		app := 18150 + len(targets)
+		t := add(key, map[string]string{"05": "05-socket-proxyd", "05f": "05, Flask backend"}[key],
+			"05-socket-proxyd", "bin", all, "dice-proxy.service", fmt.Sprintf("# bench: "+
+				"another idle time and port.\n[Service]\nExecStart=\nExecStart=/usr/lib/systemd/"+
 				"systemd-socket-proxyd --exit-idle-time=%s 127.0.0.1:%d\n",
 				max(idle, time.Second), app),
-				"dice-backend.service", fmt.Sprintf("# bench: another port.\n[Service]\n"+
-					"Environment=PORT=%d\n", app)}})
+			"dice-backend.service", fmt.Sprintf("# bench: another port.\n[Service]\n"+
+				"Environment=PORT=%d\n", app))
+		t.exits = true
+		if t.flask {
+			t.backend = "flask"
+		}
 	}
 	// The post's next step: its dice.py on fd 3 (flask/activated.py), under 02's units.
-	add(target{key: "fs", label: "Flask, socket-activated", stage: "02-socket-activated",
-		bin: "bin", flask: true, in: all, dropIns: []string{"dice.service", noLimit +
-			"[Service]\nEnvironment=PYTHONPATH=" + top + "/05-socket-proxyd " +
-			"PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart=" + python + " " + top +
-			"/internal/bench/flask/activated.py\n"}})
-	add(target{key: "f02", label: "floor, 02's units", stage: "02-socket-activated",
-		bin: "floor", in: []string{"cold"}, dropIns: []string{"dice.service", noLimit}})
-	add(target{key: "f03", label: "floor, 03's units", stage: "03-idle-exit", bin: "floor",
-		exits: true, in: []string{"cold"}})
-	add(target{key: "f04", label: "floor, 04's units", stage: "04-accept-yes", bin: "floor",
-		exits: true, in: coldConn})
-	add(target{key: "c04", label: "C floor, 04's units", stage: "04-accept-yes",
-		bin: "cfloor", exits: true, in: coldConn})
+	add("fs", "Flask, socket-activated", "02-socket-activated", "bin", all, "dice.service",
+		noLimit+"[Service]\nEnvironment=PYTHONPATH="+top+"/05-socket-proxyd "+
+			"PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+python+" "+top+
+			"/internal/bench/flask/activated.py\n")
+	add("f02", "floor, 02's units", "02-socket-activated", "floor", cold, "dice.service", noLimit)
+	add("f03", "floor, 03's units", "03-idle-exit", "floor", cold).exits = true
+	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
+	add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", []string{"cold", "conn"}).exits = true
 	// Not a stage: flask/dice-flask.service as it is, run on this checkout's dice.py.
-	add(target{key: "flask", label: "Flask, always on", flask: true, in: all,
-		dropIns: []string{"dice-flask.service", fmt.Sprintf("# bench: this checkout's "+
-			"dice.py, another port.\n[Service]\nExecStart=\nExecStart=%s -m flask --app "+
-			"%s/05-socket-proxyd/dice.py run --host 127.0.0.1 --port %d\n", python, top,
-			18100+len(targets))}})
+	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
+		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
+			"ExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run --host 127.0.0.1 "+
+			"--port %d\n", python, top, 18100+len(targets)))
 }
 
 // flaskOK tells whether the post's Flask app can run here: Debian's python3 with Flask.
@@ -128,61 +119,52 @@ func rows(table string) (ts []*target) {
 	return ts
 }
 
-// build builds the programs the targets' units run, into tmp/<bin>/: the stages with
-// `make build`, the Go floor with it too (under the names of the stages it replaces),
-// the C floor with cc where there is one (else its rows go).
+// build builds the programs the targets' units run into tmp/<bin>/ with `make build`:
+// every stage's into bin/, the Go floor into floor/ (named as the stages' programs it
+// stands in for); the C floor with cc, where there is one (else its rows go).
 func build() error {
-	programs := map[string][]string{}
-	for _, t := range targets {
-		if t.stage != "" {
-			p, err := systemdtest.Programs(top, t.stage)
-			if err != nil {
-				return err
-			}
-			programs[t.bin] = append(programs[t.bin], p...)
+	err := errors.Join(makeBuild(tmp+"/bin", ""), os.Mkdir(tmp+"/cfloor", 0o755))
+	for _, t := range slices.Clone(targets) {
+		switch {
+		case err != nil:
+		case t.bin == "floor":
+			err = makeBuild(tmp+"/floor", "internal/bench/floor", t.programs()...)
+		case t.bin == "cfloor" && command("cc", "-static", "-O2", "-o", tmp+"/cfloor/"+
+			t.programs()[0], "internal/bench/cfloor/floor.c") != nil:
+			logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc)")
+			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
 		}
 	}
-	for bin, p := range programs {
-		slices.Sort(p)
-		p, dir := slices.Compact(p), tmp+"/"+bin
-		switch bin {
-		case "cfloor":
-			for _, name := range p {
-				err := errors.Join(os.MkdirAll(dir, 0o755), command("cc", "-static", "-O2",
-					"-o", dir+"/"+name, "internal/bench/cfloor/floor.c"))
-				if err != nil {
-					logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc)")
-					targets = slices.DeleteFunc(targets, func(t *target) bool { return t.bin == bin })
-				}
-			}
-		case "floor":
-			if err := makeBuild(dir, "internal/bench/floor", p); err != nil {
-				return err
-			}
-		default:
-			if err := makeBuild(dir, "", p); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return err
 }
 
-// buildCommand is the command make build ran, as its output shows it.
+// buildCommand is the command `make build` ran, as it shows it, without its -o.
 var buildCommand string
 
-// makeBuild runs `make build` for programs into dir, with package pkg if not empty.
-func makeBuild(dir, pkg string, programs []string) error {
-	out, err := exec.Command("make", "-s", "build", "BIN="+dir, "PKG="+pkg,
-		"PROGRAMS="+strings.Join(programs, " ")).CombinedOutput()
+// makeBuild runs `make build` into dir: the programs named (all if none), from the
+// package pkg if not empty.
+func makeBuild(dir, pkg string, programs ...string) error {
+	args := []string{"-s", "build", "BIN=" + dir, "PKG=" + pkg}
+	if len(programs) > 0 {
+		args = append(args, "PROGRAMS="+strings.Join(programs, " "))
+	}
+	out, err := exec.Command("make", args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("make build: %w\n%s", err, out)
 	}
-	logf("%s", strings.TrimSpace(string(out)))
-	if pkg == "" {
-		buildCommand, _, _ = strings.Cut(string(out), " -o ")
-	}
+	buildCommand, _, _ = strings.Cut(string(out), " -o ")
 	return nil
+}
+
+// programs are the programs t's units run, as scripts/run-stage --programs says.
+func (t *target) programs() (p []string) {
+	lines, _ := systemdtest.Query(top, "--programs", t.stage)
+	for _, line := range lines {
+		if fields := strings.Fields(line); len(fields) > 1 {
+			p = append(p, fields[1])
+		}
+	}
+	return p
 }
 
 // install starts the target's manager, puts its units in place with their drop-ins
@@ -209,7 +191,9 @@ func (t *target) install() (err error) {
 		err = t.m.InstallBackend(t.stage, t.backend, tmp+"/"+t.bin, addr, t.args...)
 	}
 	if err == nil && t.stage != "" {
-		t.entry, err = systemdtest.EntryUnits(top, t.stage)
+		var units []string
+		units, err = systemdtest.Query(top, "--units", t.stage)
+		t.entry = strings.Fields(strings.Join(units, " "))
 	}
 	// zz-bench sorts after run-stage.conf, whose ExecStart= it may replace.
 	for i := 0; err == nil && i < len(t.dropIns); i += 2 {

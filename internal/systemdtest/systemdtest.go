@@ -155,28 +155,8 @@ func (m *Manager) InstallBackend(stage, backend, binDir, addr string, args ...st
 	return nil
 }
 
-// EntryUnits are the units that start stage (its sockets, else its service), as
-// scripts/run-stage --units decides for everyone.
-func EntryUnits(top, stage string) ([]string, error) {
-	lines, err := Query(top, "--units", stage)
-	return strings.Fields(strings.Join(lines, " ")), err
-}
-
-// Programs are the programs that stage's units run from bin/ (stage 05: stage 01's),
-// as scripts/run-stage --programs reads them from the units' ExecStart=.
-func Programs(top, stage string) ([]string, error) {
-	lines, err := Query(top, "--programs", stage)
-	var programs []string
-	for _, line := range lines {
-		if fields := strings.Fields(line); len(fields) > 1 {
-			programs = append(programs, fields[1])
-		}
-	}
-	return programs, err
-}
-
 // Query is the lines of scripts/run-stage's answer to a query about stage, such as
-// --units, --programs or --execs: the one place that reads a stage's units.
+// --units or --programs: the one place that reads a stage's units (see there).
 func Query(top, query, stage string) ([]string, error) {
 	out, err := exec.Command(filepath.Join(top, "scripts", "run-stage"), query, stage).Output()
 	if err != nil {
@@ -293,7 +273,7 @@ func (m *Manager) systemctl(combined bool, args ...string) ([]byte, error) {
 // DICE_REQUIRE_SYSTEMD=1.
 func unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
-	skipOrFail(t, "no real systemd user manager: "+fmt.Sprintf(format, args...))
+	SkipOrFail(t, "no real systemd user manager: "+fmt.Sprintf(format, args...))
 }
 
 // Need returns the path of a systemd tool the test cannot do without, such as
@@ -306,12 +286,14 @@ func Need(t testing.TB, program string) string {
 	}
 	path, err := exec.LookPath(program)
 	if err != nil {
-		skipOrFail(t, program+" is not installed (it comes with systemd)")
+		SkipOrFail(t, program+" is not installed (it comes with systemd)")
 	}
 	return path
 }
 
-func skipOrFail(t testing.TB, msg string) {
+// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI), for
+// something a test cannot do without, such as python3-flask for a Flask backend.
+func SkipOrFail(t testing.TB, msg string) {
 	t.Helper()
 	if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
 		t.Fatal(msg + "\n(failing, not skipping, because DICE_REQUIRE_SYSTEMD=1)")
@@ -370,11 +352,4 @@ func processesWithEnv(entry string) []string {
 			string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
 	}
 	return found
-}
-
-// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI), for
-// something else a test cannot do without, such as python3-flask for a Flask backend.
-func SkipOrFail(t testing.TB, msg string) {
-	t.Helper()
-	skipOrFail(t, msg)
 }
