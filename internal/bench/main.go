@@ -65,7 +65,9 @@ func run() (err error) {
 	if tmp, err = os.MkdirTemp("", "dice-bench-"); err != nil {
 		return err
 	}
-	addTargets()
+	if addTargets(); !flaskOK {
+		logf("%s", noFlask)
+	}
 	if err := errors.Join(os.Chmod(tmp, 0o755), build()); err != nil {
 		return err
 	}

@@ -39,7 +39,8 @@ type target struct {
 }
 
 // addTargets adds what is measured, each on a port of its own from 18100, in the order
-// of the tables' rows. -measure leaves out the floors; without Flask, its rows go.
+// of the tables' rows. -measure leaves out the floors and variants; without Flask, its
+// rows go.
 //
 // A new stage adds its rows here: add(key, label, stage, bin, tables, dropIns...) per
 // row, then what else it needs (exits, args, unix). Its units come from units/<stage>/
@@ -50,7 +51,7 @@ func addTargets() {
 	add := func(key, label, stage, bin string, in []string, dropIns ...string) *target {
 		t := &target{key: key, label: label, stage: stage, bin: bin, in: in, dropIns: dropIns,
 			port: 18100 + len(targets), flask: strings.Contains(label, "Flask")}
-		if !(t.flask && !flaskOK || *measure && strings.HasSuffix(bin, "floor")) {
+		if !t.flask || flaskOK {
 			targets = append(targets, t)
 		}
 		return t
@@ -85,19 +86,33 @@ func addTargets() {
 		noLimit+"[Service]\nEnvironment=PYTHONPATH="+top+"/05-socket-proxyd "+
 			"PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+python+" "+top+
 			"/internal/bench/flask/activated.py\n")
-	add("f02", "floor, 02's units", "02-socket-activated", "floor", cold, "dice.service", noLimit)
-	add("f03", "floor, 03's units", "03-idle-exit", "floor", cold).exits = true
-	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
-	add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", []string{"cold", "conn"}).exits = true
 	// Not a stage: flask/dice-flask.service as it is, run on this checkout's dice.py.
 	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
 		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
 			"ExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run --host 127.0.0.1 "+
 			"--port %d\n", python, top, 18100+len(targets)))
+	if *measure {
+		return
+	}
+	add("f02", "floor, 02's units", "02-socket-activated", "floor", cold, "dice.service", noLimit)
+	add("f03", "floor, 03's units", "03-idle-exit", "floor", cold).exits = true
+	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
+	add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", []string{"cold", "conn"}).exits = true
+	// What the units do not set, measured against them (docs/design-notes.md).
+	add("01g", "01, GOGC=100 (Go's default)", "01-always-on", "bin", []string{"rss"},
+		"dice.service", "[Service]\nEnvironment=GOGC=100\n")
+	add("01m", "01, GOMEMLIMIT=2MiB", "01-always-on", "bin", []string{"rss"},
+		"dice.service", "[Service]\nEnvironment=GOMEMLIMIT=2MiB\n")
+	add("04p", "04, GOMAXPROCS=1", "04-accept-yes", "bin", []string{"conn"},
+		"dice@.service", "[Service]\nEnvironment=GOMAXPROCS=1\n").exits = true
 }
 
 // flaskOK tells whether the post's Flask app can run here: Debian's python3 with Flask.
 var flaskOK = exec.Command(python, "-c", "import flask").Run() == nil
+
+// noFlask says that the Flask rows were left out, and how to have them.
+const noFlask = "Flask rows skipped: " + python + " cannot import flask; for them: " +
+	"apt-get install python3-flask (zypper install python3-Flask)"
 
 // get is the target key, or an empty one (nothing measured) if there is none.
 func get(key string) *target {
@@ -279,19 +294,28 @@ func (t *target) listening() bool {
 
 // memory is the target's processes, the main process of each dice service (04's
 // instances, 05's proxy and app) and their children (a container's), and their RSS:
-// VmRSS, what `ps -o rss=` shows.
+// VmRSS, what `ps -o rss=` shows, of it RssFile (the binaries' pages), and the proxy's.
 func (t *target) memory() (r rss) {
 	pids, _ := t.m.Prop("dice*.service", "MainPID")
 	for todo := strings.Fields(pids); len(todo) > 0; todo = todo[1:] {
 		status, err := os.ReadFile("/proc/" + todo[0] + "/status")
-		if _, value, ok := strings.Cut(string(status), "VmRSS:"); err == nil && ok {
-			kib, _ := strconv.Atoi(strings.Fields(value)[0])
-			r.procs, r.kib = r.procs+1, r.kib+kib
+		if kib := statusKiB(status, "VmRSS"); err == nil && kib > 0 {
+			r.procs, r.kib, r.file = r.procs+1, r.kib+kib, r.file+statusKiB(status, "RssFile")
+			if strings.HasPrefix(string(status), "Name:\tsystemd-socket-") {
+				r.proxy += kib
+			}
 			children, _ := os.ReadFile("/proc/" + todo[0] + "/task/" + todo[0] + "/children")
 			todo = append(todo, strings.Fields(string(children))...)
 		}
 	}
 	return r
+}
+
+// statusKiB is the field name of a /proc/<pid>/status, in KiB; 0 if it has none.
+func statusKiB(status []byte, name string) int {
+	_, value, _ := strings.Cut(string(status), "\n"+name+":")
+	kib, _ := strconv.Atoi(strings.Fields(value + " 0")[0])
+	return kib
 }
 
 // waitFor polls cond, as often as systemctl answers, until it holds or timeout passes.
