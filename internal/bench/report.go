@@ -168,7 +168,7 @@ func figures() map[string]string {
 		"kernel":  procFile("sys/kernel/osrelease"),
 		"go":      runtime.Version(),
 		"systemd": strings.Fields(output("systemctl", "--version") + " ? ?")[1],
-		"flask": output(python, "-c", "import sys, importlib.metadata as m; "+
+		"flask": output(python, "-c", "import sys, flask, importlib.metadata as m; "+
 			"print(m.version('flask'), '(Python', sys.version.split()[0]+')')"),
 		"load0": load0, "load1": loadavg(), "took": time.Since(started).Round(time.Second).String(),
 		"build": "`" + buildCommand + "`", "sizes": strings.Join(sizes, ", "),

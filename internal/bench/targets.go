@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -38,7 +39,7 @@ type target struct {
 	cold, warm, conn sample
 }
 
-// addTargets adds what is measured, each on a port of its own from 18100, in the order
+// addTargets adds what is measured, each on a free port of its own, in the order
 // of the tables' rows. -measure leaves out the floors and variants; without Flask, its
 // rows go.
 //
@@ -48,9 +49,11 @@ type target struct {
 // new one: a region in docs/bench.md, a figure in report.go's figures(), a measurement
 // (alternate) in load.go's measureLoads.
 func addTargets() {
+	port := freePort()
 	add := func(key, label, stage, bin string, in []string, dropIns ...string) *target {
 		t := &target{key: key, label: label, stage: stage, bin: bin, in: in, dropIns: dropIns,
-			port: 18100 + len(targets), flask: strings.Contains(label, "Flask")}
+			port: port, flask: strings.Contains(label, "Flask")}
+		port = freePort()
 		if !t.flask || flaskOK {
 			targets = append(targets, t)
 		}
@@ -68,7 +71,7 @@ func addTargets() {
 	// 05 with stage 01's program behind the proxy, and with the post's dice.py; the
 	// proxy's idle time is at least 1 s (docs/bench.md says why).
 	for _, key := range []string{"05", "05f"} {
-		app := 18150 + len(targets)
+		app := freePort()
 		t := add(key, map[string]string{"05": "05-socket-proxyd", "05f": "05, Flask backend"}[key],
 			"05-socket-proxyd", "bin", all, "dice-proxy.service", fmt.Sprintf("# bench: "+
 				"another idle time and port.\n[Service]\nExecStart=\nExecStart=/usr/lib/systemd/"+
@@ -90,7 +93,7 @@ func addTargets() {
 	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
 		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
 			"ExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run --host 127.0.0.1 "+
-			"--port %d\n", python, top, 18100+len(targets)))
+			"--port %d\n", python, top, port))
 	if *measure {
 		return
 	}
@@ -105,6 +108,16 @@ func addTargets() {
 		"dice.service", "[Service]\nEnvironment=GOMEMLIMIT=2MiB\n")
 	add("04p", "04, GOMAXPROCS=1", "04-accept-yes", "bin", []string{"conn"},
 		"dice@.service", "[Service]\nEnvironment=GOMAXPROCS=1\n").exits = true
+}
+
+// freePort is a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // flaskOK tells whether the post's Flask app can run here: Debian's python3 with Flask.
