@@ -16,9 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -99,13 +97,4 @@ func run() (err error) {
 		measureLoads()
 	}
 	return write()
-}
-
-// command runs a program and logs it; its output goes into the error.
-func command(name string, args ...string) error {
-	logf("%s %s", name, strings.Join(args, " "))
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %w\n%s", name, err, out)
-	}
-	return nil
 }

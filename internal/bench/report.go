@@ -44,7 +44,7 @@ func write() (err error) {
 	logf("the run took %s; writing docs/bench.svg, docs/bench-day.svg and the figures of %s "+
 		"in %s", time.Since(started).Round(time.Second), slices.Sorted(maps.Keys(files)), dir)
 	day := func(title string, calls int) panel {
-		return panel{title + " calls a day", " MiB·h", "rss",
+		return panel{title + " calls a day", " MiB·h", "day",
 			func(t *target) float64 { return mibh(t, calls) }}
 	}
 	files["docs/bench.svg"] = svg(fmt.Sprintf("socket-dice: memory and cold start (%s, %d "+
@@ -126,12 +126,6 @@ func figures() map[string]string {
 	goMax, flask, p50 := get("01"), get("flask"), func(k string) time.Duration {
 		return get(k).cold.p(50)
 	}
-	var summary [][]string // README.md's "What it saves"
-	for _, k := range []string{"flask", "fs", "02", "03", "04", "05", "05f"} {
-		if t := get(k); t.m != nil {
-			summary = append(summary, []string{t.label, num(mibh(t, 10)), num(mibh(t, 1000))})
-		}
-	}
 	for _, k := range []string{"02", "03", "04"} {
 		if get(k).rss[2].kib > goMax.rss[2].kib {
 			goMax = get(k)
@@ -141,7 +135,6 @@ func figures() map[string]string {
 		// README.md, the stages' READMEs, docs/design-notes.md
 		"flaskrss": mib(flask, flask.rss[2].kib), "gorss": mib(goMax, goMax.rss[2].kib),
 		"goflask":    times(goMax.rss[2].kib, flask.rss[2].kib),
-		"daysummary": table("| | 10 calls a day (MiB·h) | 1,000 calls a day |", summary),
 		"cold0204":   spread(p50("02"), p50("03"), p50("04")),
 		"coldfloors": spread(p50("f02"), p50("f03"), p50("f04")),
 		"cold05":     ms(p50("05")), "coldflask": ms(p50("fs")),
@@ -199,7 +192,7 @@ func figures() map[string]string {
 					ratio(t.conn, get("f04").conn), ratio(t.conn, get("c04").conn)}
 			})),
 		"day": table("| | active a day, 10 calls | MiB·h | active a day, 1,000 calls | MiB·h |",
-			cells("rss", func(t *target) []string {
+			cells("day", func(t *target) []string {
 				return []string{span(active(t, 10)), num(mibh(t, 10)), span(active(t, 1000)),
 					num(mibh(t, 1000))}
 			})),
@@ -246,8 +239,9 @@ func goals() (g [][]string) {
 	for _, k := range []string{"01", "02", "03", "04"} {
 		goMax = max(goMax, get(k).rss[1].kib, get(k).rss[2].kib)
 	}
-	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask && flaskOK, "largest Go stage %d KiB / Flask "+
-		"%d KiB (after %d requests) = %.2f×", goMax, flask, requests, float64(goMax)/float64(flask))
+	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask && flaskOK,
+		"largest Go stage %d KiB / Flask %d KiB (after %d requests) = %.2f×", goMax, flask,
+		requests, float64(goMax)/float64(flask))
 	fl := get("fs").cold.p(50) // Flask timed as the stages are, from the client's connect
 	for _, k := range []string{"02", "03", "04"} {
 		s, f := get(k).cold, get("f"+k).cold.p(50)
@@ -401,7 +395,9 @@ func procFile(name string) string {
 }
 
 // loadavg is the load average over 1, 5 and 15 minutes.
-func loadavg() string { return strings.Join(strings.Fields(procFile("loadavg") + " ? ? ?")[:3], " ") }
+func loadavg() string {
+	return strings.Join(strings.Fields(procFile("loadavg") + " ? ? ?")[:3], " ")
+}
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
 

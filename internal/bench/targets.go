@@ -23,7 +23,7 @@ type target struct {
 	key, label string
 	stage      string   // its units: units/<stage>/; "" for always-on Flask
 	bin        string   // the directory in tmp of the programs its units run: bin, floor, cfloor
-	in         []string // the tables it is a row of: rss, cold, warm, conn (report.go)
+	in         []string // the tables it is a row of: rss, cold, warm, conn, day (report.go)
 	dropIns    []string // unit, content, ...: what the run changes besides binary and port
 	exits      bool     // its service exits by itself: when idle (03, 05), after its request (04)
 	args       []string // appended to the committed ExecStart= of its program (03's -idle)
@@ -45,9 +45,9 @@ type target struct {
 //
 // A new stage adds its rows here: add(key, label, stage, bin, tables, dropIns...) per
 // row, then what else it needs (exits, args, unix). Its units come from units/<stage>/
-// as scripts/run-stage installs them. Its tables: "rss", "cold", "warm", "conn", or a
-// new one: a region in docs/bench.md, a figure in report.go's figures(), a measurement
-// (alternate) in load.go's measureLoads.
+// as scripts/run-stage installs them. Its tables: "rss", "cold", "warm", "conn", "day",
+// or a new one: a region in docs/bench.md, a figure in report.go's figures(), a
+// measurement (alternate) in load.go's measureLoads.
 func addTargets() {
 	port := freePort()
 	add := func(key, label, stage, bin string, in []string, dropIns ...string) *target {
@@ -59,15 +59,16 @@ func addTargets() {
 		}
 		return t
 	}
-	all, cold := []string{"rss", "cold", "warm"}, []string{"cold"}
+	all, cold := []string{"rss", "cold", "warm", "day"}, []string{"cold"}
 	// Timing cold starts stops 02's service 30 times in a row: the default start limit
 	// (5 starts in 10 s) would fail it after 5. 03's units size their own.
 	noLimit := "# bench: stopped and started 30 times.\n[Unit]\nStartLimitIntervalSec=0\n"
-	add("01", "01-always-on", "01-always-on", "bin", []string{"rss", "warm"})
+	add("01", "01-always-on", "01-always-on", "bin", []string{"rss", "warm", "day"})
 	add("02", "02-socket-activated", "02-socket-activated", "bin", all, "dice.service", noLimit)
 	t := add("03", "03-idle-exit", "03-idle-exit", "bin", all)
 	t.exits, t.args = true, []string{"-idle", idle.String()}
-	add("04", "04-accept-yes", "04-accept-yes", "bin", []string{"rss", "cold", "conn"}).exits = true
+	add("04", "04-accept-yes", "04-accept-yes", "bin",
+		[]string{"rss", "cold", "conn", "day"}).exits = true
 	// 05 with stage 01's program behind the proxy, and with the post's dice.py; the
 	// proxy's idle time is at least 1 s (docs/bench.md says why).
 	for _, key := range []string{"05", "05f"} {
@@ -157,8 +158,8 @@ func build() error {
 		case err != nil:
 		case t.bin == "floor":
 			err = makeBuild(tmp+"/floor", "internal/bench/floor", t.programs()...)
-		case t.bin == "cfloor" && command("cc", "-static", "-O2", "-o", tmp+"/cfloor/"+
-			t.programs()[0], "internal/bench/cfloor/floor.c") != nil:
+		case t.bin == "cfloor" && exec.Command("cc", "-static", "-O2", "-o", tmp+"/cfloor/"+
+			t.programs()[0], "internal/bench/cfloor/floor.c").Run() != nil:
 			logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc)")
 			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
 		}
