@@ -172,17 +172,10 @@ var buildCommand string
 
 // makeBuild runs `make build` into dir: the programs named (all if none), from the
 // package pkg if not empty.
-func makeBuild(dir, pkg string, programs ...string) error {
-	args := []string{"-s", "build", "BIN=" + dir, "PKG=" + pkg}
-	if len(programs) > 0 {
-		args = append(args, "PROGRAMS="+strings.Join(programs, " "))
-	}
-	out, err := exec.Command("make", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("make build: %w\n%s", err, out)
-	}
-	buildCommand, _, _ = strings.Cut(string(out), " -o ")
-	return nil
+func makeBuild(dir, pkg string, programs ...string) (err error) {
+	out, err := systemdtest.Build(top, dir, pkg, programs...)
+	buildCommand, _, _ = strings.Cut(out, " -o ")
+	return err
 }
 
 // programs are the programs t's units run, as scripts/run-stage --programs says.

@@ -165,14 +165,18 @@ func Query(top, query, stage string) ([]string, error) {
 	return strings.Split(strings.TrimSuffix(string(out), "\n"), "\n"), nil
 }
 
-// Build builds programs into dir with the one recipe there is, `make build`.
-func Build(top, dir string, programs ...string) error {
-	cmd := exec.Command("make", "-s", "-C", top, "build", "BIN="+dir,
-		"PROGRAMS="+strings.Join(programs, " "))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("make build: %w\n%s", err, out)
+// Build builds programs (all of them if none) into dir with the one recipe there is,
+// `make build`, from the package pkg if not empty, and returns what it printed.
+func Build(top, dir, pkg string, programs ...string) (string, error) {
+	args := []string{"-s", "-C", top, "build", "BIN=" + dir, "PKG=" + pkg}
+	if len(programs) > 0 {
+		args = append(args, "PROGRAMS="+strings.Join(programs, " "))
 	}
-	return nil
+	out, err := exec.Command("make", args...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("make build: %w\n%s", err, out)
+	}
+	return string(out), nil
 }
 
 // DropIn adds the drop-in name.conf to unit (such as "dice.socket") and reloads.
@@ -309,7 +313,8 @@ func SkipOrFail(t testing.TB, msg string) {
 func BuildStage(t testing.TB, stageDir string) string {
 	t.Helper()
 	dir := t.TempDir()
-	require.NoError(t, Build(ModuleRoot(t), dir, stageDir))
+	_, err := Build(ModuleRoot(t), dir, "", stageDir)
+	require.NoError(t, err)
 	return dir
 }
 
