@@ -19,18 +19,23 @@ package systemdtest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // commandTimeout bounds every command, so that a wedged manager fails the test
@@ -248,15 +253,11 @@ func (m *Manager) MainPID(t testing.TB, unit string) int {
 // last saw after timeout.
 func (m *Manager) WaitProp(t testing.TB, unit, prop, want string, timeout time.Duration) {
 	t.Helper()
-	var got string
-	var err error
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
-		if got, err = m.Prop(unit, prop); err == nil && got == want {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: %s is %q (%v) after %s, want %q", unit, prop, got, err, timeout, want)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		got, err := m.Prop(unit, prop)
+		require.NoError(c, err)
+		assert.Equal(c, want, got, "%s of %s", prop, unit)
+	}, timeout, 20*time.Millisecond)
 }
 
 // Timestamp is a timestamp property of unit, such as ExecMainExitTimestamp, to the
@@ -352,6 +353,73 @@ func FreePort(t testing.TB) int {
 	require.NoError(t, err)
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// ProcessState is the state letter of process pid in /proc/<pid>/stat: R running, S
+// sleeping, T stopped (SIGSTOP), Z a zombie (it has exited; its parent has not
+// reaped it yet), ...; 0 when there is no such process.
+func ProcessState(pid int) byte {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// The state follows the command name, which is in parentheses and may hold any.
+	i := bytes.LastIndexByte(stat, ')')
+	if err != nil || i < 0 || i+2 >= len(stat) {
+		return 0
+	}
+	return stat[i+2]
+}
+
+// WaitExit waits until process pid has exited (nil at once if there is none), at most
+// timeout. It needs no polling: a pidfd becomes readable when its process exits.
+func WaitExit(pid int, timeout time.Duration) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}},
+			int(left.Milliseconds()))
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return fmt.Errorf("poll on the pidfd of %d: %w", pid, err)
+		case n == 0:
+			return fmt.Errorf("process %d still runs after %s", pid, timeout)
+		}
+		return nil
+	}
+}
+
+// Subtests runs each of tests as a subtest of t, named by its key, all at once (each
+// a manager of its own, if it asks for one), and returns when they have all ended.
+// When every one of them skipped (-short, no systemd), t skips too: a test whose
+// subtests all skipped has tested nothing, and must not pass.
+func Subtests(t *testing.T, tests map[string]func(t *testing.T)) {
+	t.Helper()
+	var skipped atomic.Int32
+	// Parallel subtests start once the function that started them has returned: this
+	// one level more is what waits for them.
+	t.Run("parallel", func(t *testing.T) {
+		for _, name := range slices.Sorted(maps.Keys(tests)) {
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				defer func() {
+					if t.Skipped() {
+						skipped.Add(1)
+					}
+				}()
+				tests[name](t)
+			})
+		}
+	})
+	if int(skipped.Load()) == len(tests) {
+		t.Skipf("all %d subtests skipped", len(tests))
+	}
 }
 
 // processesWithEnv lists the processes whose environment holds entry; services of
