@@ -99,7 +99,8 @@ func (s *service) waitIdle(t *testing.T) {
 	// First the backend's process, without asking systemd over and over; it exits
 	// after the proxy's, when systemd stops it.
 	if pid := s.m.MainPID(t, backend); pid > 0 {
-		require.NoError(t, systemdtest.WaitExit(pid, 30*time.Second))
+		require.Eventually(t, func() bool { return systemdtest.ProcessState(pid) == 0 },
+			30*time.Second, 5*time.Millisecond, "the backend (pid %d) exits", pid)
 	}
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		states, err := s.activeStates()

@@ -166,11 +166,9 @@ func InFlight(t testing.TB, addr string) (finish func() (*http.Response, error))
 	require.NoError(t, err)
 	// Before it is accepted, a connection waits in the listening socket's backlog,
 	// which a stop does not touch.
-	require.EventuallyWithT(t, func(t *assert.CollectT) {
-		accepted, err := Accepted(c)
-		require.NoError(t, err)
-		assert.True(t, accepted, "the server accepts the connection")
-	}, 20*time.Second, 10*time.Millisecond)
+	accepted := func() bool { ok, err := Accepted(c); return err == nil && ok }
+	require.Eventually(t, accepted, 20*time.Second, 10*time.Millisecond,
+		"the server accepts the connection")
 	return func() (*http.Response, error) {
 		if err := c.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
 			return nil, err

@@ -19,14 +19,11 @@ package systemdtest
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -35,7 +32,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
 
 // commandTimeout bounds every command, so that a wedged manager fails the test
@@ -73,7 +69,7 @@ func New(t testing.TB) *Manager {
 		t.Skip("-short: no tests under a real systemd")
 	}
 	if _, err := exec.LookPath("systemctl"); err != nil {
-		unavailable(t, "systemctl not found: install systemd")
+		SkipOrFail(t, "no real systemd user manager: systemctl not found: install systemd")
 	}
 	// A short path: the manager's socket $XDG_RUNTIME_DIR/systemd/private must fit
 	// the 108 bytes of a unix socket address.
@@ -82,7 +78,7 @@ func New(t testing.TB) *Manager {
 	m, err := Start(ModuleRoot(t), filepath.Join(state, "m"))
 	if err != nil {
 		_ = os.RemoveAll(state)
-		unavailable(t, "%v", err)
+		SkipOrFail(t, fmt.Sprintf("no real systemd user manager: %v", err))
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -289,13 +285,6 @@ func (m *Manager) systemctl(combined bool, args ...string) ([]byte, error) {
 	return out, err
 }
 
-// unavailable skips t because no real systemd can be had, or fails it when
-// DICE_REQUIRE_SYSTEMD=1.
-func unavailable(t testing.TB, format string, args ...any) {
-	t.Helper()
-	skipOrFail(t, "no real systemd user manager: "+fmt.Sprintf(format, args...))
-}
-
 // Need returns the path of a systemd tool the test cannot do without, such as
 // systemd-analyze or systemd-socket-activate. When it is missing the test is
 // skipped, or fails where DICE_REQUIRE_SYSTEMD=1 (CI).
@@ -306,18 +295,9 @@ func Need(t testing.TB, program string) string {
 	}
 	path, err := exec.LookPath(program)
 	if err != nil {
-		skipOrFail(t, program+" is not installed (it comes with systemd)")
+		SkipOrFail(t, program+" is not installed (it comes with systemd)")
 	}
 	return path
-}
-
-func skipOrFail(t testing.TB, msg string) {
-	t.Helper()
-	if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
-		t.Fatal(msg + "\n(failing, not skipping, because DICE_REQUIRE_SYSTEMD=1)")
-	} else {
-		t.Skip(msg)
-	}
 }
 
 // BuildStage builds the package in stageDir (relative to the module root, such as
@@ -368,56 +348,25 @@ func ProcessState(pid int) byte {
 	return stat[i+2]
 }
 
-// WaitExit waits until process pid has exited (nil at once if there is none), at most
-// timeout. It needs no polling: a pidfd becomes readable when its process exits.
-func WaitExit(pid int, timeout time.Duration) error {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return nil
-	} else if err != nil {
-		return fmt.Errorf("pidfd_open %d: %w", pid, err)
-	}
-	defer unix.Close(fd)
-	deadline := time.Now().Add(timeout)
-	for {
-		left := time.Until(deadline)
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}},
-			int(left.Milliseconds()))
-		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
-		case err != nil:
-			return fmt.Errorf("poll on the pidfd of %d: %w", pid, err)
-		case n == 0:
-			return fmt.Errorf("process %d still runs after %s", pid, timeout)
-		}
-		return nil
-	}
-}
-
 // Subtests runs each of tests as a subtest of t, named by its key, all at once (each
 // a manager of its own, if it asks for one), and returns when they have all ended.
 // When every one of them skipped (-short, no systemd), t skips too: a test whose
 // subtests all skipped has tested nothing, and must not pass.
 func Subtests(t *testing.T, tests map[string]func(t *testing.T)) {
 	t.Helper()
-	var skipped atomic.Int32
+	var ran atomic.Bool
 	// Parallel subtests start once the function that started them has returned: this
 	// one level more is what waits for them.
 	t.Run("parallel", func(t *testing.T) {
-		for _, name := range slices.Sorted(maps.Keys(tests)) {
+		for name, test := range tests {
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
-				defer func() {
-					if t.Skipped() {
-						skipped.Add(1)
-					}
-				}()
-				tests[name](t)
+				test(t)
+				ran.Store(true) // Not reached after a skip, nor after a failure.
 			})
 		}
 	})
-	if int(skipped.Load()) == len(tests) {
+	if !ran.Load() && !t.Failed() {
 		t.Skipf("all %d subtests skipped", len(tests))
 	}
 }
@@ -439,9 +388,13 @@ func processesWithEnv(entry string) []string {
 	return found
 }
 
-// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI), for
-// something else a test cannot do without, such as python3-flask for a Flask backend.
+// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI): for what
+// a test cannot do without, such as a real systemd or python3-flask.
 func SkipOrFail(t testing.TB, msg string) {
 	t.Helper()
-	skipOrFail(t, msg)
+	if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
+		t.Fatal(msg + "\n(failing, not skipping, because DICE_REQUIRE_SYSTEMD=1)")
+	} else {
+		t.Skip(msg)
+	}
 }

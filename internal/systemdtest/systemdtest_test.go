@@ -73,7 +73,7 @@ func (v *verdict) Helper()           {}
 func (v *verdict) Skip(args ...any)  { v.skipped = fmt.Sprint(args...) }
 func (v *verdict) Fatal(args ...any) { v.failed = fmt.Sprint(args...) }
 
-func TestUnavailableSkipsUnlessRequired(t *testing.T) {
+func TestSkipOrFailSkipsUnlessRequired(t *testing.T) {
 	tests := []struct {
 		name, require string
 		skips         bool
@@ -86,7 +86,7 @@ func TestUnavailableSkipsUnlessRequired(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("DICE_REQUIRE_SYSTEMD", tt.require)
 			v := &verdict{TB: t}
-			unavailable(v, "no %s here", "unshare")
+			SkipOrFail(v, "no real systemd user manager: no unshare here")
 			if tt.skips {
 				assert.Equal(t, "no real systemd user manager: no unshare here", v.skipped)
 				assert.Empty(t, v.failed)
