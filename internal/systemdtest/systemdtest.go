@@ -253,7 +253,7 @@ func (m *Manager) WaitProp(t testing.TB, unit, prop, want string, timeout time.D
 		got, err := m.Prop(unit, prop)
 		require.NoError(c, err)
 		assert.Equal(c, want, got, "%s of %s", prop, unit)
-	}, timeout, 20*time.Millisecond)
+	}, timeout, 50*time.Millisecond)
 }
 
 // Timestamp is a timestamp property of unit, such as ExecMainExitTimestamp, to the
