@@ -27,7 +27,7 @@ STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
 PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(shell expr 0$(N) - 1))-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
-.PHONY: install-system uninstall-system test-system test-distros measure bench
+.PHONY: install-system uninstall-system test-system test-distros transcripts measure bench
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -78,6 +78,10 @@ test-system: ## every stage as system units (install-system), in Debian 12 under
 # DISTROS=trixie: only that release (bookworm, trixie, forky).
 test-distros: ## the README as a user in a login session, on Debian 12, 13 and testing
 	@scripts/test-distros $(DISTROS)
+
+# DICE_STEPS=transcripts scripts/test-distros trixie: the same, only checking them.
+transcripts: ## run the docs' console blocks in Debian 13 and write what they print back
+	@DICE_TRANSCRIPTS=update DICE_STEPS=transcripts scripts/test-distros trixie
 
 # Both build the stages as `make build` does (CGO_ENABLED=0 is for that build) and run
 # each one, the floors and the blog's Flask app under a private systemd of its own.
