@@ -86,7 +86,9 @@ func main() {
 			continue
 		}
 		if err := run(cmds, *timeout); err != nil {
-			fatal(fmt.Errorf("%s: %v", file, err))
+			fmt.Printf("%s:%v\n", file, err)
+			failed++
+			continue
 		}
 		changed := false
 		for _, c := range cmds {
@@ -184,7 +186,7 @@ func run(cmds []*command, timeout time.Duration) error {
 	parts := strings.Split(out.String(), "\n"+mark+"\n")
 	for i, c := range cmds {
 		if i >= len(parts) {
-			return fmt.Errorf("line %d: %q did not finish (%v)", c.line+1, c.code[0], err)
+			return fmt.Errorf("%d: `%s` did not finish (%v)", c.line+1, c.code[0], err)
 		}
 		if s := strings.TrimSuffix(parts[i], "\n"); s != "" {
 			c.got = strings.Split(strings.ReplaceAll(s, "\r", ""), "\n")
@@ -202,8 +204,8 @@ var masks = []struct {
 	{regexp.MustCompile(`\b(0x)?[0-9a-f]{8,}\b`), "HEX"},
 	// A number with its unit (1.5s, 73ms, 30.0µs, 6.1M, 2min), runs of them ("1min 3s").
 	{regexp.MustCompile(`\d+(\.\d+)?(ns|us|µs|ms|s|min|h|d|[KMGT]i?B?|B)?\b`), "0"},
-	{regexp.MustCompile(`0( 0)+\b`), "0"},
 	{regexp.MustCompile(`\s+`), " "},
+	{regexp.MustCompile(`0( 0)+\b`), "0"},
 }
 
 func mask(line string) string {
