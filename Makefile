@@ -20,7 +20,8 @@ ifneq ($(filter $(firstword $(MAKECMDGOALS)),run-stage diff),)
     $(eval $(N):;@:)
   endif
 endif
-STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
+# `make run-stage post-socket-activated`: the post's own units, units/post-*/.
+STAGE = $(strip $(patsubst %/,%,$(wildcard 0$(N)-*/) $(patsubst units/%,%,$(if $(filter post-%,$(N)),$(wildcard units/$(N)/)))))
 # Each stage builds on the one before it, except 04: one process per connection has
 # nothing to gain from an idle exit, so it builds on 02, as 03 does. And 05: the same
 # socket as 02, but in front of a proxy and an app that cannot take it (01's program).
@@ -56,10 +57,11 @@ diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
 	@diff -ru --unidirectional-new-file --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
 	@diff -ruN units/$(PREV) units/$(STAGE); test $$? -le 1
 
-# BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy.
+# BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy. The post's
+# own steps need Flask too.
 run-stage: build ## run-stage 2: install stage 2's units as user units and start them
 	@test -n "$(STAGE)" || { echo "usage: make run-stage 2   (stages: $(STAGES))"; exit 2; }
-	$(if $(filter flask,$(BACKEND)),$(NEED_FLASK))
+	$(if $(filter flask,$(BACKEND))$(filter post-%,$(STAGE)),$(NEED_FLASK))
 	@DICE_BACKEND="$(BACKEND)" scripts/run-stage $(STAGE)
 
 stop-stage: ## stop the running stage, remove its units (and a private manager)

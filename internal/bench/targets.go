@@ -80,19 +80,18 @@ func addTargets() {
 			t.backend = "flask"
 		}
 	}
-	// The post's next step: its dice.py on fd 3 (flask/activated.py), under 02's units.
+	// The post's next step: its dice_ng.py on fd 3, under 02's units.
 	add("fs", "Flask, socket-activated", "02-socket-activated", "bin", all, "dice.service",
-		noLimit+"[Service]\nEnvironment=PYTHONPATH="+top+"/05-socket-proxyd "+
-			"PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+python+" "+top+
-			"/internal/bench/flask/activated.py\n")
+		noLimit+"[Service]\nEnvironment=PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+
+			python+" "+top+"/post/dice_ng.py\n")
 	add("f02", "floor, 02's units", "02-socket-activated", "floor", cold, "dice.service", noLimit)
 	add("f03", "floor, 03's units", "03-idle-exit", "floor", cold).exits = true
 	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
 	add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", []string{"cold", "conn"}).exits = true
-	// Not a stage: flask/dice-flask.service as it is, run on this checkout's dice.py.
+	// Not a stage: units/post-always-on/dice.service, run on this checkout's dice.py.
 	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
 		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
-			"ExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run --host 127.0.0.1 "+
+			"ExecStart=%s -m flask --app %s/post/dice.py run --host 127.0.0.1 "+
 			"--port %d\n", python, top, 18100+len(targets)))
 }
 
@@ -178,7 +177,7 @@ func (t *target) install() (err error) {
 	case t.stage == "":
 		t.entry = []string{"dice-flask.service"}
 		dir := t.m.RuntimeDir() + "/systemd/user"
-		unit, err := os.ReadFile("internal/bench/flask/dice-flask.service")
+		unit, err := os.ReadFile("units/post-always-on/dice.service")
 		if err = errors.Join(err, os.MkdirAll(dir, 0o755)); err != nil {
 			return err
 		}
