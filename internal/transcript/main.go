@@ -3,9 +3,10 @@
 //
 //	go run ./internal/transcript [-update] [-root] [file.md ...]
 //
-// Without files it reads README.md, 0*/README.md and docs/*.md. A block's `$ ` lines
-// run in order, and `> ` lines continue the command above (as bash's prompts show
-// them); everything else is the output expected, stdout and stderr together. All the
+// Without files it reads README.md, 0*/README.md, post/README.md and docs/*.md. A
+// block's `$ ` lines run in order, and `> ` lines continue the command above (as bash's
+// prompts show them); everything else is the output expected, stdout and stderr
+// together. All the
 // blocks of a file run in one bash started in the current directory, so a `cd` or an
 // `eval "$(scripts/user-manager env)"` carries from block to block as in a reader's
 // shell. Before comparing, numbers (pids, ports, sizes, durations, dates), day and
@@ -61,12 +62,12 @@ func main() {
 	flag.Parse()
 	files := flag.Args()
 	if len(files) == 0 {
-		for _, glob := range []string{"README.md", "0*/README.md", "docs/*.md"} {
+		for _, glob := range []string{"README.md", "0*/README.md", "post/README.md", "docs/*.md"} {
 			m, _ := filepath.Glob(glob)
 			files = append(files, m...)
 		}
 	}
-	failed, blocks, commands := 0, 0, 0
+	failed, broken, blocks, commands := 0, 0, 0, 0
 	var notRun []string
 	for _, file := range files {
 		text, err := os.ReadFile(file)
@@ -87,7 +88,7 @@ func main() {
 		}
 		if err := run(cmds, *timeout); err != nil {
 			fmt.Printf("%s:%v\n", file, err)
-			failed++
+			broken++
 			continue
 		}
 		changed := false
@@ -111,11 +112,12 @@ func main() {
 	for _, s := range notRun {
 		fmt.Println("  not run:", s)
 	}
-	switch {
-	case failed > 0 && *update:
+	if failed > 0 && *update {
 		fmt.Printf("transcripts: %d commands' output rewritten\n", failed)
-	case failed > 0:
+	} else if failed > 0 {
 		fmt.Printf("transcripts: FAIL: %d commands' output differs (-update rewrites it)\n", failed)
+	}
+	if broken > 0 || failed > 0 && !*update {
 		os.Exit(1)
 	}
 }
