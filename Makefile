@@ -51,7 +51,7 @@ test: ## gofmt, go vet and every test (the e2e ones under a real systemd)
 	$(if $(RACE),,@echo "no C compiler: the tests run without -race (apt-get install gcc)")
 	$(GO) test $(RACE) -count=1 ./...
 
-diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
+diff: ## diff N=3: what stage N adds to the stage it builds on, its Go and its units
 	@test -n "$(STAGE)" && test -n "$(PREV)" || \
 		{ echo "usage: make diff 3   (compares stage 2 and 3; stages: $(STAGES))"; exit 2; }
 	@diff -ru --unidirectional-new-file --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
