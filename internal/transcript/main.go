@@ -86,10 +86,10 @@ func main() {
 		if len(cmds) == 0 {
 			continue
 		}
-		if err := run(cmds, *timeout); err != nil {
+		if n, err := run(cmds, *timeout); err != nil {
 			fmt.Printf("%s:%v\n", file, err)
 			broken++
-			continue
+			cmds = cmds[:n] // compare those that finished
 		}
 		changed := false
 		for _, c := range cmds {
@@ -169,8 +169,9 @@ func parse(file string, lines []string) (cmds []*command, blocks int, notRun []s
 }
 
 // run runs the commands in one bash, each with stdin from /dev/null and stderr on
-// stdout, and splits the output after each one at a mark of its own.
-func run(cmds []*command, timeout time.Duration) error {
+// stdout, and splits the output after each one at a mark of its own. It returns how
+// many finished.
+func run(cmds []*command, timeout time.Duration) (int, error) {
 	nonce := make([]byte, 8)
 	rand.Read(nonce)
 	mark := "@@transcript-" + hex.EncodeToString(nonce) + "@@"
@@ -187,14 +188,14 @@ func run(cmds []*command, timeout time.Duration) error {
 	err := cmd.Run()
 	parts := strings.Split(out.String(), "\n"+mark+"\n")
 	for i, c := range cmds {
-		if i >= len(parts) {
-			return fmt.Errorf("%d: `%s` did not finish (%v)", c.line+1, c.code[0], err)
+		if i == len(parts)-1 { // no mark after it
+			return i, fmt.Errorf("%d: `%s` did not finish (%v)", c.line+1, c.code[0], err)
 		}
 		if s := strings.TrimSuffix(parts[i], "\n"); s != "" {
 			c.got = strings.Split(strings.ReplaceAll(s, "\r", ""), "\n")
 		}
 	}
-	return nil
+	return len(cmds), nil
 }
 
 var masks = []struct {

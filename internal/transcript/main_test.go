@@ -57,7 +57,9 @@ func TestRunAndRewrite(t *testing.T) {
 	assert.Equal(t, 1, blocks)
 	assert.Empty(t, notRun)
 	require.Len(t, cmds, 4)
-	require.NoError(t, run(cmds, time.Minute))
+	n, err := run(cmds, time.Minute)
+	require.NoError(t, err)
+	assert.Equal(t, 4, n)
 	for i, c := range cmds[:3] {
 		_, ok := match(c.want, c.got)
 		assert.True(t, ok, "command %d: %q", i, c.got)
@@ -80,4 +82,16 @@ func TestNotRun(t *testing.T) {
 	assert.Empty(t, cmds)
 	assert.Equal(t, 0, blocks)
 	assert.Equal(t, []string{file + ":3:needs a second machine"}, notRun)
+}
+
+// TestDoesNotFinish: a command that outlives the timeout is named, and those before it
+// are compared.
+func TestDoesNotFinish(t *testing.T) {
+	lines := strings.Split("```console\n$ echo a\na\n$ sleep 5\n$ echo b\n```", "\n")
+	cmds, _, _, err := parse("t.md", lines)
+	require.NoError(t, err)
+	n, err := run(cmds, 500*time.Millisecond)
+	assert.ErrorContains(t, err, "4: `sleep 5` did not finish")
+	require.Equal(t, 1, n)
+	assert.Equal(t, []string{"a"}, cmds[0].got)
 }
