@@ -48,6 +48,7 @@ const (
 // A command is one `$ ` line (and its `> ` lines) and the output the block shows.
 type command struct {
 	line       int      // the index of its `$ ` line in the file
+	indent     string   // the block's indent
 	code       []string // the command, without the prompts
 	want       []string // the output shown
 	wantAt     int      // the index of the first output line
@@ -131,19 +132,22 @@ func fatal(err error) {
 // those blocks, and the blocks that do not run with their reasons.
 func parse(file string, lines []string) (cmds []*command, blocks int, notRun []string, err error) {
 	for i := 0; i < len(lines); i++ {
-		if lines[i] != "```console" {
+		// A block may be indented, in a list: its lines are read without the indent.
+		indent, _, _ := strings.Cut(lines[i], "```console")
+		if strings.TrimSpace(lines[i]) != "```console" || strings.TrimSpace(indent) != "" {
 			continue
 		}
 		end := i + 1
-		for end < len(lines) && !strings.HasPrefix(lines[end], "```") {
+		for end < len(lines) && !strings.HasPrefix(strings.TrimSpace(lines[end]), "```") {
 			end++
 		}
 		prev := i - 1
 		for prev >= 0 && strings.TrimSpace(lines[prev]) == "" {
 			prev--
 		}
-		if prev >= 0 && strings.HasPrefix(lines[prev], notRunMark) {
-			reason := strings.TrimSuffix(strings.TrimPrefix(lines[prev], notRunMark), "-->")
+		if prev >= 0 && strings.HasPrefix(strings.TrimSpace(lines[prev]), notRunMark) {
+			reason := strings.TrimPrefix(strings.TrimSpace(lines[prev]), notRunMark)
+			reason = strings.TrimSuffix(reason, "-->")
 			notRun = append(notRun, fmt.Sprintf("%s:%d:%s", file, i+1, strings.TrimSpace(reason)))
 			i = end
 			continue
@@ -151,9 +155,9 @@ func parse(file string, lines []string) (cmds []*command, blocks int, notRun []s
 		blocks++
 		var c *command
 		for j := i + 1; j < end; j++ {
-			switch l := lines[j]; {
+			switch l := strings.TrimPrefix(lines[j], indent); {
 			case strings.HasPrefix(l, "$ "):
-				c = &command{line: j, code: []string{l[2:]}, wantAt: j + 1}
+				c = &command{line: j, code: []string{l[2:]}, wantAt: j + 1, indent: indent}
 				cmds = append(cmds, c)
 			case c != nil && len(c.want) == 0 && strings.HasPrefix(l, "> "):
 				c.code, c.wantAt = append(c.code, l[2:]), j+1
@@ -269,7 +273,10 @@ func rewrite(lines []string, cmds []*command) string {
 		if !c.hasChanged {
 			continue
 		}
-		out = append(append(out, lines[next:c.wantAt]...), keepElisions(c.want, c.got)...)
+		out = append(out, lines[next:c.wantAt]...)
+		for _, l := range keepElisions(c.want, c.got) {
+			out = append(out, c.indent+l)
+		}
 		next = c.wantAt + len(c.want)
 	}
 	return strings.Join(append(out, lines[next:]...), "\n") + "\n"

@@ -95,3 +95,18 @@ func TestDoesNotFinish(t *testing.T) {
 	require.Equal(t, 1, n)
 	assert.Equal(t, []string{"a"}, cmds[0].got)
 }
+
+// TestIndented: a block in a list is read without its indent and written back with it.
+func TestIndented(t *testing.T) {
+	md := "1. Run:\n   ```console\n   $ echo a\n   b\n   ```\n"
+	lines := strings.Split(strings.TrimSuffix(md, "\n"), "\n")
+	cmds, blocks, _, err := parse("t.md", lines)
+	require.NoError(t, err)
+	require.Equal(t, 1, blocks)
+	require.Len(t, cmds, 1)
+	assert.Equal(t, []string{"b"}, cmds[0].want)
+	_, err = run(cmds, time.Minute)
+	require.NoError(t, err)
+	cmds[0].hasChanged = true
+	assert.Equal(t, strings.Replace(md, "   b\n", "   a\n", 1), rewrite(lines, cmds))
+}
