@@ -130,7 +130,7 @@ func figures() map[string]string {
 		"goflask":    times(goMax(), flask.rss[2].kib),
 		"cold0204":   spread(p50("02"), p50("03"), p50("04")),
 		"coldfloors": spread(p50("f02"), p50("f03"), p50("f04")),
-		"cold05":     ms(p50("05")), "coldflask": ms(p50("fs")),
+		"cold05":     ms(p50("05")), "coldflask": spread(p50("fs")),
 		"rss01": mib(get("01"), get("01").rss[1].kib), "rss03": mib(get("03"), get("03").rss[1].kib),
 		"rss04": mib(get("04"), get("04").rss[1].kib), "rss05": mib(get("05"), get("05").rss[1].kib),
 		"rssproxy":      mib(get("05"), get("05").rss[1].proxy),
@@ -357,10 +357,13 @@ func times(a, b int) string {
 	return fmt.Sprintf("%.2f×", float64(a)/float64(b))
 }
 
-// spread is the range of ds: "16.1–24.2 ms", or one figure if they are the same.
+// spread is the range of ds: "16.1–24.2 ms", or one figure if they are the same; "–"
+// if one was not measured (no Flask here).
 func spread(ds ...time.Duration) string {
 	low, high := ms(slices.Min(ds)), ms(slices.Max(ds))
-	if low == high {
+	if slices.Min(ds) == 0 {
+		return "–"
+	} else if low == high {
 		return low
 	}
 	return strings.TrimSuffix(low, " ms") + "–" + high
