@@ -363,7 +363,8 @@ func spread(ds ...time.Duration) string {
 	low, high := ms(slices.Min(ds)), ms(slices.Max(ds))
 	if slices.Min(ds) == 0 {
 		return "–"
-	} else if low == high {
+	}
+	if low == high {
 		return low
 	}
 	return strings.TrimSuffix(low, " ms") + "–" + high
