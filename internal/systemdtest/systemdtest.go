@@ -156,43 +156,28 @@ func (m *Manager) InstallBackend(stage, backend, binDir, addr string, args ...st
 	return nil
 }
 
-// EntryUnits are the units that start stage (its sockets, else its service), as
-// scripts/run-stage --units decides for everyone.
-func EntryUnits(top, stage string) ([]string, error) {
-	out, err := query(top, "--units", stage)
-	return strings.Fields(out), err
-}
-
-// Programs are the programs that stage's units run from bin/ (stage 05: stage 01's),
-// as scripts/run-stage --programs reads them from the units' ExecStart=.
-func Programs(top, stage string) ([]string, error) {
-	out, err := query(top, "--programs", stage)
-	var programs []string
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		if fields := strings.Fields(line); len(fields) > 1 {
-			programs = append(programs, fields[1])
-		}
-	}
-	return programs, err
-}
-
-// query runs scripts/run-stage's query mode for stage.
-func query(top, mode, stage string) (string, error) {
-	out, err := exec.Command(filepath.Join(top, "scripts", "run-stage"), mode, stage).Output()
+// Query is the lines of scripts/run-stage's answer to a query about stage, such as
+// --units or --programs: the one place that reads a stage's units (see there).
+func Query(top, query, stage string) ([]string, error) {
+	out, err := exec.Command(filepath.Join(top, "scripts", "run-stage"), query, stage).Output()
 	if err != nil {
-		return "", fmt.Errorf("scripts/run-stage %s %s: %w", mode, stage, err)
+		return nil, fmt.Errorf("scripts/run-stage %s %s: %w", query, stage, err)
+	}
+	return strings.Split(strings.TrimSuffix(string(out), "\n"), "\n"), nil
+}
+
+// Build builds programs (all of them if none) into dir with the one recipe there is,
+// `make build`, from the package pkg if not empty, and returns what it printed.
+func Build(top, dir, pkg string, programs ...string) (string, error) {
+	args := []string{"-s", "-C", top, "build", "BIN=" + dir, "PKG=" + pkg}
+	if len(programs) > 0 {
+		args = append(args, "PROGRAMS="+strings.Join(programs, " "))
+	}
+	out, err := exec.Command("make", args...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("make build: %w\n%s", err, out)
 	}
 	return string(out), nil
-}
-
-// Build builds programs into dir with the one recipe there is, `make build`.
-func Build(top, dir string, programs ...string) error {
-	cmd := exec.Command("make", "-s", "-C", top, "build", "BIN="+dir,
-		"PROGRAMS="+strings.Join(programs, " "))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("make build: %w\n%s", err, out)
-	}
-	return nil
 }
 
 // DropIn adds the drop-in name.conf to unit (such as "dice.socket") and reloads.
@@ -307,7 +292,8 @@ func Need(t testing.TB, program string) string {
 func BuildStage(t testing.TB, stageDir string) string {
 	t.Helper()
 	dir := t.TempDir()
-	require.NoError(t, Build(ModuleRoot(t), dir, stageDir))
+	_, err := Build(ModuleRoot(t), dir, "", stageDir)
+	require.NoError(t, err)
 	return dir
 }
 

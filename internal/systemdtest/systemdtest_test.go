@@ -104,23 +104,20 @@ func TestSkipOrFailSkipsUnlessRequired(t *testing.T) {
 // scripts/run-stage answers for everyone.
 func TestStageQueries(t *testing.T) {
 	top := ModuleRoot(t)
-	for _, tt := range []struct {
-		stage           string
-		units, programs []string
-	}{
-		{"01-always-on", []string{"dice.service"}, []string{"01-always-on"}},
-		{"04-accept-yes", []string{"dice.socket"}, []string{"04-accept-yes"}},
-		{"05-socket-proxyd", []string{"dice.socket"}, []string{"01-always-on"}},
+	for _, tt := range []struct{ stage, units, programs string }{
+		{"01-always-on", "dice.service", "dice.service 01-always-on -addr 127.0.0.1:8080"},
+		{"04-accept-yes", "dice.socket", "dice@.service 04-accept-yes"},
+		{"05-socket-proxyd", "dice.socket", "dice-backend.service 01-always-on -addr 127.0.0.1:${PORT}"},
 	} {
 		t.Run(tt.stage, func(t *testing.T) {
-			units, err := EntryUnits(top, tt.stage)
+			units, err := Query(top, "--units", tt.stage)
 			require.NoError(t, err)
-			assert.Equal(t, tt.units, units)
-			programs, err := Programs(top, tt.stage)
+			assert.Equal(t, []string{tt.units}, units)
+			programs, err := Query(top, "--programs", tt.stage)
 			require.NoError(t, err)
-			assert.Equal(t, tt.programs, programs)
+			assert.Equal(t, []string{tt.programs}, programs)
 		})
 	}
-	_, err := EntryUnits(top, "no-such-stage")
+	_, err := Query(top, "--units", "no-such-stage")
 	assert.Error(t, err)
 }
