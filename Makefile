@@ -45,14 +45,16 @@ build: ## build every stage into bin/<stage>
 		$(GOBUILD) -o $(BIN)/$$s ./$(or $(PKG),$$s) || exit 1; done
 
 # go test -race needs cgo, and so a C compiler; without one the tests run without it.
-# -parallel 8: the e2e tests mostly wait for systemd, each with a manager of its own.
+# -parallel 6: the e2e tests mostly wait for systemd, each with a manager of its own; with
+# go test's 2 packages at a time on 2 CPUs, at most 12 managers at once (each takes 3 of
+# the 128 inotify instances a user may have).
 RACE := $(if $(shell command -v gcc || command -v cc),-race)
 
 test: ## gofmt, go vet and every test (the e2e ones under a real systemd)
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(if $(RACE),,@echo "no C compiler: the tests run without -race (apt-get install gcc)")
-	$(GO) test $(RACE) -count=1 -parallel 8 ./...
+	$(GO) test $(RACE) -count=1 -parallel 6 ./...
 
 diff: ## diff N=3: what stage N adds to the one it builds on (04, 05: 02; 06-08: 03)
 	@test -n "$(STAGE)" && test -n "$(PREV)" || \

@@ -28,6 +28,7 @@ func TestWithoutSystemdItSaysWhatToDo(t *testing.T) {
 // TestExitsWhenIdle passes a listening socket as systemd would: the stage serves
 // a roll, then exits 0 on its own once no connection has been open for -idle.
 func TestExitsWhenIdle(t *testing.T) {
+	t.Parallel()
 	ln := stagetest.TCPListener(t)
 	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "300ms")
 	exited := stagetest.Start(t, cmd)
@@ -48,6 +49,7 @@ func TestExitsWhenIdle(t *testing.T) {
 // for three idle periods: the stage must not exit while the connection is open,
 // and must exit once it closes.
 func TestKeepAliveHoldsIt(t *testing.T) {
+	t.Parallel()
 	ln := stagetest.TCPListener(t)
 	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "300ms")
 	exited := stagetest.Start(t, cmd)

@@ -5,6 +5,7 @@ package main
 // systemdtest), on a free port instead of 8080.
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"maps"
@@ -342,21 +343,42 @@ func TestUnderSystemdOnePeerCannotLockOthersOut(t *testing.T) {
 }
 
 // TestUnderSystemdOneClientManyCallers proves that MaxConnectionsPerSource= leaves
-// room for a polite client with several callers: 8 callers at 127.0.0.1, 50 requests
-// each, one per connection (Connection: close), as `hey -c 8` or a browser sends them.
+// room for a polite client with several callers, such as `hey -c 8` or a browser:
+// 8 callers at 127.0.0.1, each request on a connection of its own (Connection: close).
 // systemd counts a connection against the limit until its instance has exited, not
-// until the client closed it, so a caller that reconnects at once holds more than one
-// slot; the limit must leave room for that. Not one connection may be refused, and
-// each request is one connection systemd accepted.
+// until the client closed it, so a caller that reconnects at once holds two slots or
+// more. First the 16 connections of 8 callers that hold two each, open at once: all
+// are answered (with the limit at 8, systemd would close 8 of them at once, on any
+// machine). Then the callers themselves, 50 requests each: not one is refused.
 func TestUnderSystemdOneClientManyCallers(t *testing.T) {
 	t.Parallel()
 	m, addr := startSocket(t, "")
 	const callers, each = 8, 50
+
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: oneAddress(0)}, Timeout: 5 * time.Second}
+	conns := make([]net.Conn, 2*callers)
+	for i := range conns {
+		c, err := d.Dial("tcp", addr)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	for i, c := range conns {
+		require.NoError(t, c.SetDeadline(time.Now().Add(30*time.Second)))
+		_, err := fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\nConnection: close\r\n\r\n")
+		require.NoError(t, err, "connection %d of %d open at once", i+1, len(conns))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if assert.NoError(t, err, "connection %d of %d open at once", i+1, len(conns)) {
+			resp.Body.Close()
+			assert.Equal(t, http.StatusOK, resp.StatusCode)
+		}
+	}
+
 	res := flood(addr, oneAddress, callers, each)
 	t.Logf("%d callers at one address: %s", callers, res)
 	assert.Zero(t, res.failed, "failed requests, the first ones: %v", res.errs)
 	assert.Equal(t, callers*each, res.ok)
-	assert.Equal(t, strconv.Itoa(res.ok), m.Show(t, "dice.socket", "NAccepted"),
+	assert.Equal(t, strconv.Itoa(len(conns)+res.ok), m.Show(t, "dice.socket", "NAccepted"),
 		"one connection per request")
 	assert.Equal(t, "0", m.Show(t, "dice.socket", "NRefused"), "connections refused")
 	assertAllGone(t, m, 10*time.Second)
