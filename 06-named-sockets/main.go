@@ -1,4 +1,4 @@
-// Command 03-idle-exit serves dice on a port that systemd opened, and exits when idle.
+// Command 06-named-sockets serves dice on TCP and /stats on a unix socket; it exits when idle.
 package main
 
 import (
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -29,43 +30,37 @@ func main() {
 }
 
 func run(idle time.Duration, log *slog.Logger) error {
-	ln, err := listener()
+	public, admin, err := listeners()
 	if err != nil {
 		return err
 	}
 	// systemctl stop sends SIGTERM; Ctrl-C sends SIGINT. Both end serve gracefully.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	log.Info("serving", "addr", ln.Addr().String(), "pid", os.Getpid())
-	return serve(ctx, ln, &dice.Handler{Log: log}, log, idle)
+	log.Info("serving", "public", addrs(public), "admin", admin.Addr().String(), "pid", os.Getpid())
+	return serve(ctx, public, admin, &dice.Handler{Log: log}, log, idle)
 }
 
-// listener takes the port systemd opened (dice.socket) as fd 3.
-func listener() (net.Listener, error) {
-	// systemd sets LISTEN_FDS=1 and LISTEN_PID=<our pid>; checkEnv explains if it did not.
-	if err := checkEnv(); err != nil {
-		return nil, err
-	}
-	// Listeners turns fds 3, 4, ... into listeners, and unsets LISTEN_FDS and LISTEN_PID
-	// so that a child process cannot take them for its own.
-	lns, err := activation.Listeners()
+// New in this stage: listeners takes the sockets by name (LISTEN_FDNAMES), not position.
+func listeners() (public []net.Listener, admin net.Listener, err error) {
+	n, err := checkEnv() // The number of fds, before ListenersWithNames unsets it.
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return oneListener(lns)
+	lns, err := activation.ListenersWithNames()
+	if err != nil {
+		return nil, nil, err
+	}
+	return byName(lns, n)
 }
 
-// serve answers rolls on ln until ctx is done, then stops accepting and lets the
-// requests in flight finish.
-func serve(ctx context.Context, ln net.Listener, h *dice.Handler, log *slog.Logger,
-	idle time.Duration) error {
-	// New in this stage: once no connection has been open for idle, serve ends as if
-	// stopped, and main exits 0. systemd keeps its copy of the socket listening:
-	// connections that arrive from now on wait there and start the next instance.
+// serve answers on every listener until ctx is done, or none has had a connection open
+// for idle; then it stops accepting and lets the requests in flight finish.
+func serve(ctx context.Context, public []net.Listener, admin net.Listener, h *dice.Handler,
+	log *slog.Logger, idle time.Duration) error {
 	ctx, exit := context.WithCancel(ctx)
 	defer exit()
-	srv := dice.NewServer(h, log)
-	srv.ConnState = startIdleTimer(idle, func() {
+	timer := startIdleTimer(idle, func() {
 		log.Info("idle, exiting", "after", idle, "rolls", h.Rolls())
 		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 		exit()
@@ -73,8 +68,13 @@ func serve(ctx context.Context, ln net.Listener, h *dice.Handler, log *slog.Logg
 		// `systemctl status dice.service` shows this line (Type=notify).
 		_, _ = daemon.SdNotify(false, fmt.Sprintf("STATUS=served %d rolls; %d connections "+
 			"open; exits after %s idle", h.Rolls(), open, idle))
-	}).ConnState
+	})
+	// New in this stage: a server per socket, every connection counted by the one timer.
+	servers := map[net.Listener]*http.Server{admin: newAdminServer(h, timer.Open, log)}
+	for _, ln := range public {
+		servers[ln] = dice.NewServer(h, log)
+	}
 	// READY=1 tells systemd (Type=notify) that the service is up.
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
-	return dice.Serve(ctx, srv, ln)
+	return serveAll(ctx, servers, timer.ConnState)
 }
