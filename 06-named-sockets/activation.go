@@ -94,7 +94,7 @@ func check(name string, ln net.Listener) error {
 		if strings.HasSuffix(name, ".socket") { // A unit without FileDescriptorName=.
 			fix = "add FileDescriptorName= to " + name
 		}
-		return fmt.Errorf("the socket %s is named %q, which this service does not take: "+
+		return fmt.Errorf("the socket %s is named %s, which this service does not take: "+
 			"%s (%s; %s)", ln.Addr(), name, fix, publicLine, adminLine)
 	case name == "public" && network != "tcp":
 		return fmt.Errorf("the %s socket %s is named public, which is for TCP: is %s "+
