@@ -1,15 +1,19 @@
 package main
 
-// The tests in this file run units/03-idle-exit under a real systemd user manager of
-// their own (package systemdtest), on a free port instead of 8080, with a shorter
-// -idle where they say so.
+// The tests in this file run units/06-named-sockets under a real systemd user manager
+// of their own (package systemdtest): dice.socket on a free port of 127.0.0.1 and
+// [::1] instead of 8080, dice-admin.socket where the unit puts it (%t, the manager's
+// runtime directory), with -idle 300ms.
 
 import (
-	"bufio"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,301 +23,290 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"socket-dice/dice"
 	"socket-dice/dice/dicetest"
-	"socket-dice/internal/stagetest"
 	"socket-dice/internal/systemdtest"
 )
 
-// startStage installs the stage's units under a private systemd user manager, with
-// args appended to ExecStart= (the last -idle wins) and dropIn, if not empty, as a
-// drop-in of dice.service; starts dice.socket only, and returns the manager and the
-// service's base URL.
-func startStage(t *testing.T, dropIn string, args ...string) (*systemdtest.Manager, string) {
+// stage is the stage's units installed under a private manager, not started.
+type stage struct {
+	m           *systemdtest.Manager
+	ipv4, ipv6  string // base URLs of dice.socket
+	admin       string // the path of dice-admin.socket
+	hasIPv6Loop bool   // this machine's loopback has ::1
+}
+
+// installStage installs the units, with the stage's binary in bin (from
+// systemdtest.BuildStage), -idle 300ms and dice.socket on a free port.
+func installStage(t *testing.T, bin string) *stage {
 	t.Helper()
 	m := systemdtest.New(t)
-	bin := systemdtest.BuildStage(t, "03-idle-exit")
-	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
-	require.NoError(t, m.InstallStage("03-idle-exit", bin, addr, args...))
-	if dropIn != "" {
-		require.NoError(t, m.DropIn("dice.service", "test", dropIn))
+	require.NoError(t, m.InstallStage("06-named-sockets", bin, "", "-idle", "300ms"))
+	port := systemdtest.FreePort(t)
+	s := &stage{m: m, ipv4: fmt.Sprintf("http://127.0.0.1:%d", port),
+		ipv6: fmt.Sprintf("http://[::1]:%d", port), admin: m.RuntimeDir() + "/dice-admin.sock"}
+	require.NoError(t, m.DropIn("dice.socket", "test", fmt.Sprintf(
+		"[Socket]\nListenStream=\nListenStream=127.0.0.1:%d\nListenStream=[::1]:%d\n",
+		port, port)))
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		ln.Close()
+		s.hasIPv6Loop = true
 	}
-	m.MustSystemctl(t, "start", "dice.socket")
-	m.WaitProp(t, "dice.socket", "SubState", "listening", 10*time.Second)
-	require.Equal(t, "inactive", m.Show(t, "dice.service", "ActiveState"),
-		"nothing runs before the first connection")
-	return m, "http://" + addr
+	return s
 }
 
-// socketState is dice.socket's ActiveState and SubState, from one systemctl call so
-// that they describe the same moment.
-func socketState(t *testing.T, m *systemdtest.Manager) string {
+// start starts the socket units in the order given and checks that nothing runs.
+func (s *stage) start(t *testing.T, units ...string) {
 	t.Helper()
-	out := m.MustSystemctl(t, "show", "-p", "ActiveState", "-p", "SubState", "dice.socket")
-	return strings.Join(strings.Fields(out), " ")
-}
-
-// TestIdleExitUnderSystemd proves the stage's promise: a connection starts the
-// service, it exits 0 on its own -idle after the last connection closed (systemd
-// records a clean exit, not a failure), dice.socket goes on listening, and the next
-// connection is answered by a new process.
-func TestIdleExitUnderSystemd(t *testing.T) {
-	m, base := startStage(t, "", "-idle", "300ms")
-
-	// A keep-alive connection holds the service while we look at it.
-	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	require.NoError(t, err)
-	defer c.Close()
-	_, err = fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n")
-	require.NoError(t, err)
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	pid, err := strconv.Atoi(resp.Header.Get("Dice-Pid"))
-	require.NoError(t, err)
-	assert.DirExists(t, fmt.Sprintf("/proc/%d", pid), "the process runs")
-	assert.Equal(t, pid, m.MainPID(t, "dice.service"), "Dice-Pid is the unit's MainPID")
-	assert.Equal(t, "active", m.Show(t, "dice.service", "ActiveState"))
-
-	require.NoError(t, c.Close())
-	closed := time.Now()
-	m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
-	t.Logf("with -idle 300ms the process exited %s after the last connection closed "+
-		"(seen by polling after %s)", m.Timestamp(t, "dice.service",
-		"ExecMainExitTimestamp").Sub(closed).Round(time.Millisecond),
-		time.Since(closed).Round(time.Millisecond))
-	assert.NoDirExists(t, fmt.Sprintf("/proc/%d", pid), "the process is gone")
-	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
-	assert.Equal(t, "0", m.Show(t, "dice.service", "ExecMainStatus"), "exit status 0")
-	assert.Equal(t, "1", m.Show(t, "dice.service", "ExecMainCode"), "CLD_EXITED, no signal")
-	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
-	assert.Equal(t, "listening", m.Show(t, "dice.socket", "SubState"))
-
-	next, err := dicetest.TryRoll(dicetest.NewConn, base)
-	require.NoError(t, err, "the next connection starts the service again")
-	assert.NotEqual(t, pid, next, "a new process answers")
-}
-
-// TestChurnReactivatesWithoutLoss proves that idle exits and re-activations can
-// follow each other quickly, over and over: 30 times a request, each on a new
-// connection, then a wait until the service has exited idle (-idle 200ms). Every
-// request is answered, by 30 different processes, and dice.socket never leaves the
-// listening (or, while an instance runs, running) state.
-func TestChurnReactivatesWithoutLoss(t *testing.T) {
-	m, base := startStage(t, "", "-idle", "200ms")
-	pids := map[int]bool{}
-	socketStates := map[string]int{}
-	var failed []error
-	start := time.Now()
-	for range 30 {
-		pid, err := dicetest.TryRoll(dicetest.NewConn, base)
-		if err != nil {
-			failed = append(failed, err)
-		} else {
-			pids[pid] = true
-		}
-		socketStates[socketState(t, m)]++ // An instance runs: "running".
-		m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
-		socketStates[socketState(t, m)]++ // It has exited: "listening".
+	for _, u := range units {
+		s.m.MustSystemctl(t, "start", u)
+		s.m.WaitProp(t, u, "SubState", "listening", 10*time.Second)
 	}
-	t.Logf("30 re-activations in %s; dice.socket seen as %v",
-		time.Since(start).Round(time.Millisecond), socketStates)
-	assert.Empty(t, failed, "failed requests")
-	assert.Len(t, pids, 30, "distinct Dice-Pids")
-	for state := range socketStates {
-		assert.Contains(t, []string{"ActiveState=active SubState=listening",
-			"ActiveState=active SubState=running"}, state, "dice.socket")
-	}
-	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
+	s.requireNoProcess(t)
 }
 
-// TestBurstsDuringIdleExitLoseNothing proves that the idle exit is race-free: 16
-// clients connect at once, right when the idle timer of the running instance fires,
-// for at least 50 rounds, and on (up to 500) until 3 bursts have straddled an exit.
-// Connections the old instance accepts before it closes its listener are answered by
-// it; the others wait in systemd's socket and are answered by the next instance. Not
-// one may fail. A burst answered by two processes shows that its requests straddled
-// an exit, i.e. that the test hit the window.
-func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
-	m, base := startStage(t, "", "-idle", "100ms")
-	const clients = 16
-	client := dicetest.NewConn
-	var failed []error
-	straddled, early, late := 0, 0, 0
-	processes := map[int]bool{}
-	// The timer fires 100 ms after the last connection closed, and the listener closes
-	// a fraction of a millisecond later. Each round starts the clock with one request
-	// whose connection the server closes (we see when), then aims the burst at that
-	// moment. The aim follows the moment: a burst that only the process of the first
-	// request answered came too early, one that only a new process answered too late.
-	aim := 100 * time.Millisecond
-	start := time.Now()
-	round := 0
-	// At least 50 rounds, and on until 3 bursts have straddled an exit (bounded by a
-	// count, not a time: a loaded machine takes longer, not fewer rounds).
-	for ; (round < 50 || straddled < 3) && round < 500; round++ {
-		pid, closed, err := dicetest.RollAndWaitForClose(base)
-		if err != nil {
-			failed = append(failed, fmt.Errorf("round %d, first request: %w", round, err))
-			continue
+func (s *stage) requireNoProcess(t *testing.T) {
+	t.Helper()
+	require.Equal(t, "inactive", s.m.Show(t, "dice.service", "ActiveState"))
+	require.Equal(t, 0, s.m.MainPID(t, "dice.service"), "no process")
+}
+
+// fdNames is LISTEN_FDNAMES as systemd set it for the process pid (the program
+// unsets it for itself, which /proc/<pid>/environ does not show).
+func fdNames(t *testing.T, pid int) string {
+	t.Helper()
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	require.NoError(t, err)
+	for _, kv := range strings.Split(string(env), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "LISTEN_FDNAMES="); ok {
+			return v
 		}
-		processes[pid] = true
-		pids, errs := dicetest.Burst(clients, closed.Add(aim), func() (int, error) {
-			return dicetest.TryRoll(client, base)
-		})
-		burst := map[int]bool{}
-		for i := range clients {
-			if errs[i] != nil {
-				failed = append(failed, fmt.Errorf("round %d, client %d: %w", round, i, errs[i]))
-				continue
+	}
+	return ""
+}
+
+// TestEverySocketStartsTheService proves the stage's promise under systemd: with the
+// two socket units started in either order, nothing runs until a first connection;
+// a connection on any socket (IPv4, IPv6, the unix one) starts the service, which
+// answers rolls on TCP and /stats on the unix socket only, and exits 0 after -idle.
+func TestEverySocketStartsTheService(t *testing.T) {
+	bin := systemdtest.BuildStage(t, "06-named-sockets")
+	for _, order := range [][]string{{"dice.socket", "dice-admin.socket"},
+		{"dice-admin.socket", "dice.socket"}} {
+		t.Run("start "+strings.Join(order, ", then "), func(t *testing.T) {
+			s := installStage(t, bin)
+			s.start(t, order...)
+			first := map[string]func() int{
+				"IPv4": func() int { return s.rollAndNoStats(t, s.ipv4) },
+				"IPv6": func() int { return s.rollAndNoStats(t, s.ipv6) },
+				"unix": func() int { return stats(t, s.admin).Pid },
 			}
-			burst[pids[i]] = true
-			processes[pids[i]] = true
-		}
-		switch {
-		case len(burst) >= 2:
-			straddled++
-		case burst[pid]:
-			early++
-			aim += 100 * time.Microsecond
-		case len(burst) == 1:
-			late++
-			aim -= 100 * time.Microsecond
-		}
+			for _, via := range []string{"unix", "IPv4", "IPv6"} {
+				t.Run("first connection on "+via, func(t *testing.T) {
+					if via == "IPv6" && !s.hasIPv6Loop {
+						systemdtest.SkipOrFail(t, "this machine's loopback has no ::1")
+					}
+					s.requireNoProcess(t)
+					pid := first[via]()
+					assert.Equal(t, pid, s.m.MainPID(t, "dice.service"), "Dice-Pid is MainPID")
+					t.Logf("LISTEN_FDNAMES=%s", fdNames(t, pid))
+					// The same process answers on the other sockets.
+					assert.Equal(t, pid, stats(t, s.admin).Pid, "/stats on the unix socket")
+					assert.Equal(t, pid, s.rollAndNoStats(t, s.ipv4), "IPv4")
+					if s.hasIPv6Loop {
+						assert.Equal(t, pid, s.rollAndNoStats(t, s.ipv6), "IPv6")
+					}
+					s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
+					assert.Equal(t, "success", s.m.Show(t, "dice.service", "Result"))
+					assert.NoDirExists(t, fmt.Sprintf("/proc/%d", pid), "the process is gone")
+					for _, u := range order {
+						assert.Equal(t, "listening", s.m.Show(t, u, "SubState"), u)
+					}
+				})
+			}
+		})
 	}
-	t.Logf("%d rounds of 1+%d requests in %s, %d processes: %d failed requests; bursts "+
-		"answered by 2+ processes: %d, by the process before: %d, by a new one: %d "+
-		"(final aim %s)", round, clients, time.Since(start).Round(time.Millisecond),
-		len(processes), len(failed), straddled, early, late, aim)
-	assert.Empty(t, failed, "failed requests")
-	assert.Positive(t, straddled, "no burst met an exit: the test missed the window")
-	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
-	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
 }
 
-// TestOnlyARealClientHoldsTheService proves that the idle timer counts connections
-// the right way: a keep-alive connection that keeps sending requests holds the
-// service well past -idle (one process answers them all), while a client that
-// connects and sends nothing is cut off after dice.ReadHeaderTimeout, and the
-// service exits -idle later.
-func TestOnlyARealClientHoldsTheService(t *testing.T) {
-	m, base := startStage(t, "", "-idle", "300ms")
-	addr := strings.TrimPrefix(base, "http://")
-
-	t.Run("keep-alive connection in use", func(t *testing.T) {
-		c, err := net.Dial("tcp", addr)
-		require.NoError(t, err)
-		defer c.Close()
-		r := bufio.NewReader(c)
-		pids := map[string]int{}
-		start := time.Now()
-		for time.Since(start) < 4*300*time.Millisecond {
-			_, err := fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n")
-			require.NoError(t, err)
-			resp, err := http.ReadResponse(r, nil)
-			require.NoError(t, err, "a request on the kept-alive connection")
-			resp.Body.Close()
-			assert.Equal(t, http.StatusOK, resp.StatusCode)
-			pids[resp.Header.Get("Dice-Pid")]++
-			time.Sleep(100 * time.Millisecond)
-		}
-		require.Len(t, pids, 1, "one process answered every request: %v", pids)
-		for pid := range pids {
-			assert.Equal(t, pid, strconv.Itoa(m.MainPID(t, "dice.service")))
-		}
-		require.NoError(t, c.Close())
-		m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
-	})
-
-	t.Run("silent connection", func(t *testing.T) {
-		c, err := net.Dial("tcp", addr)
-		require.NoError(t, err)
-		defer c.Close()
-		connected := time.Now()
-		m.WaitProp(t, "dice.service", "ActiveState", "active", 10*time.Second)
-		limit := dice.ReadHeaderTimeout + 300*time.Millisecond
-		m.WaitProp(t, "dice.service", "ActiveState", "inactive", limit+10*time.Second)
-		t.Logf("a silent client held the service for %s (ReadHeaderTimeout + idle = %s)",
-			m.Timestamp(t, "dice.service", "ExecMainExitTimestamp").Sub(connected).
-				Round(time.Millisecond), limit)
-		assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
-		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
-		_, err = c.Read(make([]byte, 1))
-		assert.ErrorIs(t, err, io.EOF, "the server closed the silent connection")
-	})
-}
-
-// TestDefaultStartLimitFailsTheSocket shows why dice.service sets StartLimitBurst=:
-// with systemd's default burst of 5 starts the same churn as above fails the
-// service at its 6th start, and dice.socket with it. The socket stops listening and
-// requests are refused until someone restarts it. (The default interval is 10 s;
-// the test's drop-in makes it an hour, so that a slow machine hits the limit too.)
-func TestDefaultStartLimitFailsTheSocket(t *testing.T) {
-	m, base := startStage(t, "[Unit]\nStartLimitIntervalSec=1h\nStartLimitBurst=5\n",
-		"-idle", "200ms")
-	require.Equal(t, "1h", m.Show(t, "dice.service", "StartLimitIntervalUSec"))
-
-	pids := map[int]bool{}
-	var failed []error
-	for range 10 {
-		if m.Show(t, "dice.socket", "ActiveState") == "failed" {
-			break
-		}
-		pid, err := dicetest.TryRoll(dicetest.NewConn, base)
-		if err != nil {
-			failed = append(failed, err)
-			continue
-		}
-		pids[pid] = true
-		m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
-	}
-	t.Logf("%d processes answered, failed requests: %v", len(pids), failed)
-	m.WaitProp(t, "dice.socket", "ActiveState", "failed", 10*time.Second)
-	assert.Equal(t, "service-start-limit-hit", m.Show(t, "dice.socket", "Result"))
-	assert.Equal(t, "failed", m.Show(t, "dice.service", "ActiveState"))
-	assert.Equal(t, "start-limit-hit", m.Show(t, "dice.service", "Result"))
-	assert.Len(t, pids, 5, "5 starts were allowed, the 6th was not")
-	assert.NotEmpty(t, failed, "the connection that asked for the 6th start was dropped")
-	_, err := dicetest.TryRoll(dicetest.NewConn, base)
-	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "nothing listens any more")
-}
-
-// TestStatusLine proves that the service keeps systemd informed (Type=notify,
-// STATUS=): `systemctl --user status dice.service` shows how many rolls it served.
-func TestStatusLine(t *testing.T) {
-	m, base := startStage(t, "") // The unit's own -idle 30s.
-	client := dicetest.NewConn
-	for range 3 {
-		_, err := dicetest.TryRoll(client, base)
-		require.NoError(t, err)
-	}
-	const want = "served 3 rolls; 0 connections open; exits after 30s idle"
-	m.WaitProp(t, "dice.service", "StatusText", want, 10*time.Second)
-	status, _ := m.Systemctl("status", "--no-pager", "dice.service")
-	assert.Contains(t, status, `Status: "`+want+`"`)
-	assert.Contains(t, status, "Active: active (running)")
-}
-
-// TestBadRequestsUnderSystemd sends every bad request to the socket-activated
-// service: each gets its 4xx JSON error, and the same process goes on serving.
-func TestBadRequestsUnderSystemd(t *testing.T) {
-	m, base := startStage(t, "") // The unit's own -idle 30s.
-	defer http.DefaultClient.CloseIdleConnections()
+// rollAndNoStats is GET /roll on base (200) and GET /stats there (404); it returns
+// the Dice-Pid.
+func (s *stage) rollAndNoStats(t *testing.T, base string) int {
+	t.Helper()
 	pid, err := dicetest.TryRoll(dicetest.NewConn, base)
+	require.NoError(t, err, "GET /roll on %s", base)
+	status, _, body, err := get(dicetest.NewConn, base+"/stats")
 	require.NoError(t, err)
-	dicetest.SendBadRequests(t, base)
-	after, err := dicetest.TryRoll(dicetest.NewConn, base)
-	require.NoError(t, err)
-	assert.Equal(t, pid, after, "bad requests did not end the service")
-	assert.Equal(t, pid, m.MainPID(t, "dice.service"))
+	assert.Equal(t, http.StatusNotFound, status, "/stats on %s: %s", base, body)
+	return pid
 }
 
-// TestRestartsUnderLoadLoseNothing is a deploy: 6 restarts of dice.service, one after
-// the other, while 4 clients on kept-alive connections and 4 on new connections call
-// it. Not one request fails, and the unit's start limit leaves room for the restarts
-// on top of the idle exits.
-func TestRestartsUnderLoadLoseNothing(t *testing.T) {
-	m, base := startStage(t, "") // The unit's own -idle 30s.
-	stagetest.RestartsUnderLoad(t, m, base, 6)
+// TestFdOrderIsNotDefined shows why the program goes by names: the order in which
+// systemd passes the fds of two socket units is not defined. It is the order of a
+// hash table whose key each manager draws at random when it starts, so it differs
+// from one manager run to the next (not from one start of the service to the next).
+// The test starts private managers one after the other, each time asks the unix
+// socket, then IPv4, and reads the order the service got, until it has seen both
+// orders (at most 16 managers: with a random key, each order comes half the time).
+func TestFdOrderIsNotDefined(t *testing.T) {
+	bin := systemdtest.BuildStage(t, "06-named-sockets")
+	seen := map[string]int{}
+	for run := 0; run < 16 && len(seen) < 2; run++ {
+		t.Run(fmt.Sprintf("manager %d", run+1), func(t *testing.T) {
+			s := installStage(t, bin)
+			s.start(t, "dice.socket", "dice-admin.socket")
+			pid := stats(t, s.admin).Pid
+			assert.Equal(t, pid, s.rollAndNoStats(t, s.ipv4))
+			names := fdNames(t, pid)
+			seen[names]++
+			t.Logf("LISTEN_FDNAMES=%s", names)
+		})
+	}
+	t.Logf("orders seen: %v", seen)
+	assert.ElementsMatch(t, []string{"public:public:admin", "admin:public:public"},
+		keys(seen), "16 managers in a row passed the fds in one order")
+}
+
+func keys(m map[string]int) []string {
+	var k []string
+	for key := range m {
+		k = append(k, key)
+	}
+	return k
+}
+
+// TestAdminSocketRefusesOtherUsers proves that the file's mode is the access
+// control: a process of another user (nobody) connecting to the admin socket gets
+// "permission denied" from the kernel, and, with SocketMode=0666 in a drop-in,
+// the same process gets through. On the way to the socket, the test opens the
+// directories for others (search only): a user's runtime directory, %t, is 0700,
+// which alone keeps other users out; /run, %t of the system install, is not.
+func TestAdminSocketRefusesOtherUsers(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("running a process as another user needs root")
+	}
+	nobody, err := user.Lookup("nobody")
+	require.NoError(t, err)
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	s := installStage(t, systemdtest.BuildStage(t, "06-named-sockets"))
+	s.start(t, "dice.socket", "dice-admin.socket")
+	for dir := filepath.Dir(s.admin); dir != "/" && dir != os.TempDir(); dir = filepath.Dir(dir) {
+		require.NoError(t, os.Chmod(dir, 0o711))
+	}
+	bin := asNobody(t)
+	dial := func() (string, error) {
+		cmd := exec.Command(bin)
+		cmd.Env = []string{dialEnv + "=" + s.admin}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
+			Uid: uint32(uid), Gid: uint32(gid)}}
+		out, err := cmd.CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+
+	fi, err := os.Stat(s.admin)
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeSocket|0o600, fi.Mode(), "SocketMode=0600")
+	out, err := dial()
+	assert.Error(t, err)
+	assert.Contains(t, out, "connect: permission denied", "uid %d", uid)
+	s.requireNoProcess(t)
+
+	require.NoError(t, s.m.DropIn("dice-admin.socket", "mode", "[Socket]\nSocketMode=0666\n"))
+	s.m.MustSystemctl(t, "restart", "dice-admin.socket")
+	fi, err = os.Stat(s.admin)
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeSocket|0o666, fi.Mode(), "SocketMode=0666: systemd made it anew")
+	out, err = dial()
+	assert.NoError(t, err, out)
+	assert.Contains(t, out, "200 OK", "uid %d gets through", uid)
+}
+
+// dialEnv, set in its environment, makes the test binary connect to that unix
+// socket, GET /stats, print the status or the error, and exit.
+const dialEnv = "DICE_DIAL_UNIX"
+
+func init() {
+	path := os.Getenv(dialEnv)
+	if path == "" {
+		return
+	}
+	resp, err := unixClient(path).Get("http://dice/stats")
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	resp.Body.Close()
+	fmt.Println(resp.Status)
+	os.Exit(0)
+}
+
+// asNobody copies the test binary where any user may run it, and returns its path.
+func asNobody(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "dice-nobody-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	self, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	bin := filepath.Join(dir, "dial")
+	require.NoError(t, os.WriteFile(bin, self, 0o755))
+	return bin
+}
+
+// TestSocketFileBelongsToSystemd: the unix socket's file is systemd's. It stays,
+// the same file, across the service's idle exits; stopping dice-admin.socket
+// removes it (RemoveOnStop=yes), and starting it makes a new one. A program that
+// removed it (as a program that made its own socket would at exit) would leave
+// systemd listening on a socket no one can reach: connect fails with "no such file"
+// until the socket unit is restarted.
+func TestSocketFileBelongsToSystemd(t *testing.T) {
+	s := installStage(t, systemdtest.BuildStage(t, "06-named-sockets"))
+	s.start(t, "dice-admin.socket", "dice.socket")
+	inode := func() uint64 {
+		fi, err := os.Stat(s.admin)
+		require.NoError(t, err)
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
+	before := inode()
+	first := stats(t, s.admin).Pid
+	s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
+	assert.Equal(t, before, inode(), "the same file after the idle exit")
+	assert.NotEqual(t, first, stats(t, s.admin).Pid, "a new process answers")
+	s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
+
+	s.m.MustSystemctl(t, "stop", "dice-admin.socket")
+	assert.NoFileExists(t, s.admin, "RemoveOnStop=yes")
+	s.start(t, "dice-admin.socket")
+	inode() // systemd made a new file (whose inode number may be the old one's).
+
+	require.NoError(t, os.Remove(s.admin))
+	_, err := net.Dial("unix", s.admin)
+	assert.ErrorIs(t, err, syscall.ENOENT, "nothing to connect to")
+	assert.Equal(t, "listening", s.m.Show(t, "dice-admin.socket", "SubState"),
+		"systemd does not notice")
+	s.m.MustSystemctl(t, "restart", "dice-admin.socket")
+	stats(t, s.admin)
+}
+
+// TestAdminSocketNeedsService shows the pitfall of a second socket unit: without
+// Service=dice.service, systemd looks for the service of the socket's own name,
+// dice-admin.service, and refuses to start the socket.
+func TestAdminSocketNeedsService(t *testing.T) {
+	s := installStage(t, systemdtest.BuildStage(t, "06-named-sockets"))
+	unit := filepath.Join(s.m.RuntimeDir(), "systemd", "user", "dice-admin.socket")
+	b, err := os.ReadFile(unit)
+	require.NoError(t, err)
+	without := strings.Replace(string(b), "\nService=dice.service\n", "\n", 1)
+	require.NotEqual(t, string(b), without, "the unit has Service=dice.service")
+	require.NoError(t, os.WriteFile(unit, []byte(without), 0o644))
+	s.m.MustSystemctl(t, "daemon-reload")
+
+	out, err := s.m.Systemctl("start", "dice-admin.socket")
+	assert.Error(t, err, "systemctl start dice-admin.socket: %s", out)
+	assert.Equal(t, "dice-admin.service", s.m.Show(t, "dice-admin.socket", "Triggers"))
+	assert.Equal(t, "not-found", s.m.Show(t, "dice-admin.service", "LoadState"))
+	assert.NotEqual(t, "active", s.m.Show(t, "dice-admin.socket", "ActiveState"))
+	var pathErr *net.OpError
+	_, err = net.Dial("unix", s.admin)
+	assert.True(t, errors.As(err, &pathErr), "nothing listens at %s: %v", s.admin, err)
 }
