@@ -35,11 +35,14 @@ type stage struct {
 	hasIPv6Loop bool   // this machine's loopback has ::1
 }
 
-// installStage installs the units, with the stage's binary in bin (from
-// systemdtest.BuildStage), -idle 300ms and dice.socket on a free port.
+// installStage installs the units, with the stage's binary in bin (built here if
+// ""), -idle 300ms and dice.socket on a free port.
 func installStage(t *testing.T, bin string) *stage {
 	t.Helper()
 	m := systemdtest.New(t)
+	if bin == "" {
+		bin = systemdtest.BuildStage(t, "06-named-sockets")
+	}
 	require.NoError(t, m.InstallStage("06-named-sockets", bin, "", "-idle", "300ms"))
 	port := systemdtest.FreePort(t)
 	s := &stage{m: m, ipv4: fmt.Sprintf("http://127.0.0.1:%d", port),
@@ -89,10 +92,11 @@ func fdNames(t *testing.T, pid int) string {
 // a connection on any socket (IPv4, IPv6, the unix one) starts the service, which
 // answers rolls on TCP and /stats on the unix socket only, and exits 0 after -idle.
 func TestEverySocketStartsTheService(t *testing.T) {
+	skipIfShort(t) // Before the build, which the subtests share.
 	bin := systemdtest.BuildStage(t, "06-named-sockets")
 	for _, order := range [][]string{{"dice.socket", "dice-admin.socket"},
 		{"dice-admin.socket", "dice.socket"}} {
-		t.Run("start "+strings.Join(order, ", then "), func(t *testing.T) {
+		runOrSkip(t, "start "+strings.Join(order, ", then "), func(t *testing.T) {
 			s := installStage(t, bin)
 			s.start(t, order...)
 			first := map[string]func() int{
@@ -127,6 +131,26 @@ func TestEverySocketStartsTheService(t *testing.T) {
 	}
 }
 
+func skipIfShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: no tests under a real systemd")
+	}
+}
+
+// runOrSkip is t.Run, and skips t if f skipped (no systemd here): a parent whose
+// subtests skip skips too.
+func runOrSkip(t *testing.T, name string, f func(t *testing.T)) {
+	t.Helper()
+	skipped := false
+	t.Run(name, func(t *testing.T) {
+		defer func() { skipped = t.Skipped() }()
+		f(t)
+	})
+	if skipped {
+		t.Skip("the subtest skipped:", name)
+	}
+}
+
 // rollAndNoStats is GET /roll on base (200) and GET /stats there (404); it returns
 // the Dice-Pid.
 func (s *stage) rollAndNoStats(t *testing.T, base string) int {
@@ -147,10 +171,11 @@ func (s *stage) rollAndNoStats(t *testing.T, base string) int {
 // socket, then IPv4, and reads the order the service got, until it has seen both
 // orders (at most 16 managers: with a random key, each order comes half the time).
 func TestFdOrderIsNotDefined(t *testing.T) {
+	skipIfShort(t) // Before the build, which the subtests share.
 	bin := systemdtest.BuildStage(t, "06-named-sockets")
 	seen := map[string]int{}
 	for run := 0; run < 16 && len(seen) < 2; run++ {
-		t.Run(fmt.Sprintf("manager %d", run+1), func(t *testing.T) {
+		runOrSkip(t, fmt.Sprintf("manager %d", run+1), func(t *testing.T) {
 			s := installStage(t, bin)
 			s.start(t, "dice.socket", "dice-admin.socket")
 			pid := stats(t, s.admin).Pid
@@ -187,7 +212,7 @@ func TestAdminSocketRefusesOtherUsers(t *testing.T) {
 	require.NoError(t, err)
 	uid, _ := strconv.Atoi(nobody.Uid)
 	gid, _ := strconv.Atoi(nobody.Gid)
-	s := installStage(t, systemdtest.BuildStage(t, "06-named-sockets"))
+	s := installStage(t, "")
 	s.start(t, "dice.socket", "dice-admin.socket")
 	for dir := filepath.Dir(s.admin); dir != "/" && dir != os.TempDir(); dir = filepath.Dir(dir) {
 		require.NoError(t, os.Chmod(dir, 0o711))
@@ -260,7 +285,7 @@ func asNobody(t *testing.T) string {
 // systemd listening on a socket no one can reach: connect fails with "no such file"
 // until the socket unit is restarted.
 func TestSocketFileBelongsToSystemd(t *testing.T) {
-	s := installStage(t, systemdtest.BuildStage(t, "06-named-sockets"))
+	s := installStage(t, "")
 	s.start(t, "dice-admin.socket", "dice.socket")
 	inode := func() uint64 {
 		fi, err := os.Stat(s.admin)
@@ -292,7 +317,7 @@ func TestSocketFileBelongsToSystemd(t *testing.T) {
 // Service=dice.service, systemd looks for the service of the socket's own name,
 // dice-admin.service, and refuses to start the socket.
 func TestAdminSocketNeedsService(t *testing.T) {
-	s := installStage(t, systemdtest.BuildStage(t, "06-named-sockets"))
+	s := installStage(t, "")
 	unit := filepath.Join(s.m.RuntimeDir(), "systemd", "user", "dice-admin.socket")
 	b, err := os.ReadFile(unit)
 	require.NoError(t, err)
