@@ -132,9 +132,9 @@ func (t *target) peers() *http.Client {
 	return c
 }
 
-// roll sends GET /roll to t and reads the response; anything but a 200 is an error.
+// roll sends GET /roll (or t.path) to t and reads the response; anything but a 200 is an error.
 func roll(c *http.Client, t *target) error {
-	resp, err := c.Get("http://127.0.0.1:" + strconv.Itoa(t.port) + "/roll")
+	resp, err := c.Get("http://127.0.0.1:" + strconv.Itoa(t.port) + cmp.Or(t.path, "/roll"))
 	if err != nil {
 		return err
 	}

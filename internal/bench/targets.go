@@ -29,6 +29,7 @@ type target struct {
 	args       []string // appended to the committed ExecStart= of its program (03's -idle)
 	backend    string   // stage 05's app: "" (stage 01's program) or "flask"
 	unix       string   // requests go to this unix socket, below XDG_RUNTIME_DIR, not TCP
+	path       string   // what requests ask for, if not /roll (06's unix socket: /stats)
 	flask      bool     // the app is the post's dice.py (a label with "Flask"): orange in charts
 
 	port  int
@@ -85,6 +86,12 @@ func addTargets() {
 			t.backend = "flask"
 		}
 	}
+	// 06 over TCP, and over its unix socket, which answers only GET /stats.
+	t = add("06", "06-named-sockets, TCP", "06-named-sockets", "bin", []string{"cold", "warm"})
+	t.exits, t.args = true, []string{"-idle", idle.String()}
+	t = add("06u", "06, unix socket (/stats)", "06-named-sockets", "bin", []string{"cold", "warm"})
+	t.exits, t.args = true, []string{"-idle", idle.String()}
+	t.unix, t.path = "dice-admin.sock", "/stats"
 	// The post's next step: its dice_ng.py on fd 3, under 02's units.
 	add("fs", "Flask, socket-activated", "02-socket-activated", "bin", all, "dice.service",
 		noLimit+"[Service]\nEnvironment=PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+
