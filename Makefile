@@ -24,10 +24,11 @@ STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
 # Each stage builds on the one before it, except 04: one process per connection has
 # nothing to gain from an idle exit, so it builds on 02, as 03 does. And 05: the same
 # socket as 02, but in front of a proxy and an app that cannot take it (01's program).
-PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(shell expr 0$(N) - 1))-*/))
+# 08 runs 03's program in a container: it is compared with 03.
+PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(if $(filter 8,$(N)),3,$(shell expr 0$(N) - 1)))-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
-.PHONY: install-system uninstall-system test-system test-distros measure bench
+.PHONY: install-system uninstall-system test-system test-distros measure bench image
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -52,8 +53,16 @@ diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
 	@diff -ru --unidirectional-new-file --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
 	@diff -ruN units/$(PREV) units/$(STAGE); test $$? -le 1
 
+# Stage 08's image: bin/03-idle-exit FROM scratch. Built at every run-stage: podman's
+# layer cache makes that instant while the binary is the same, and a new binary is
+# never left out. Root's images are not the user's: install-system builds it too.
+image: ## the container image of stage 08, localhost/dice (podman build, from bin/)
+	@command -v podman >/dev/null || { echo "stage 08 needs podman: apt-get install" \
+		"podman crun uidmap dbus-user-session (dnf install podman)" >&2; exit 1; }
+	podman build --quiet -f 08-container/Containerfile -t localhost/dice bin
+
 # BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy.
-run-stage: build ## run-stage 2: install stage 2's units as user units and start them
+run-stage: build $(if $(wildcard $(STAGE)/Containerfile),image) ## run-stage 2: install stage 2's units as user units and start them
 	@test -n "$(STAGE)" || { echo "usage: make run-stage 2   (stages: $(STAGES))"; exit 2; }
 	$(if $(filter flask,$(BACKEND)),$(NEED_FLASK))
 	@DICE_BACKEND="$(BACKEND)" scripts/run-stage $(STAGE)
@@ -65,7 +74,7 @@ status: ## systemctl status of the dice units, and their processes
 	@scripts/run-stage --status
 
 # STAGE=2 on the command line overrides STAGE above; the script takes 2, 02 or the name.
-install-system: ## install-system STAGE=2: hardened system units (DESTDIR, PREFIX)
+install-system: $(if $(filter 8 08 08-container,$(STAGE)),image) ## install-system STAGE=2: hardened system units (DESTDIR, PREFIX)
 	@test -n "$(STAGE)" || { echo "usage: sudo make install-system STAGE=2   (stages: $(STAGES))"; exit 2; }
 	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" GO="$(GO)" scripts/install-system "$(STAGE)"
 
