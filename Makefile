@@ -33,10 +33,14 @@ PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(if $(filter 8,$(
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
+# The one build recipe: the tests, the bench and install-system call it, e.g.
+# `make build BIN=/tmp/x PROGRAMS=02-socket-activated`; PKG=./internal/bench/floor builds
+# that package under the programs' names (the bench's floor).
+BIN ?= bin
 build: ## build every stage into bin/<stage>
-	@mkdir -p bin
-	@for s in $(PROGRAMS); do echo "$(GOBUILD) -o bin/$$s ./$$s"; \
-		$(GOBUILD) -o bin/$$s ./$$s || exit 1; done
+	@mkdir -p $(BIN)
+	@for s in $(PROGRAMS); do echo "$(GOBUILD) -o $(BIN)/$$s ./$(or $(PKG),$$s)"; \
+		$(GOBUILD) -o $(BIN)/$$s ./$(or $(PKG),$$s) || exit 1; done
 
 # go test -race needs cgo, and so a C compiler; without one the tests run without it.
 RACE := $(if $(shell command -v gcc || command -v cc),-race)
@@ -53,13 +57,14 @@ diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
 	@diff -ru --unidirectional-new-file --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
 	@diff -ruN units/$(PREV) units/$(STAGE); test $$? -le 1
 
-# Stage 08's image: bin/03-idle-exit FROM scratch. Built at every run-stage: podman's
-# layer cache makes that instant while the binary is the same, and a new binary is
-# never left out. Root's images are not the user's: install-system builds it too.
+# Stage 08's image: $(BIN)/03-idle-exit FROM scratch (the tests: BIN=their build).
+# Built at every run-stage: podman's layer cache makes that instant while the binary is
+# the same, and a new one is never left out. Root's images are not a user's:
+# install-system builds it too.
 image: ## the container image of stage 08, localhost/dice (podman build, from bin/)
 	@command -v podman >/dev/null || { echo "stage 08 needs podman: apt-get install" \
 		"podman crun uidmap dbus-user-session (dnf install podman)" >&2; exit 1; }
-	podman build --quiet -f 08-container/Containerfile -t localhost/dice bin
+	podman build --quiet -f 08-container/Containerfile -t localhost/dice $(BIN)
 
 # BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy.
 run-stage: build $(if $(wildcard $(STAGE)/Containerfile),image) ## run-stage 2: install stage 2's units as user units and start them

@@ -40,7 +40,7 @@ func podman(t *testing.T, args ...string) string {
 }
 
 // startStage gives podman storage of the test's own, builds the image from stage 03's
-// program (static, as make build builds it), installs the stage's units under a
+// program (make build, then make image), installs the stage's units under a
 // private systemd user manager with -idle idle, and starts dice.socket only.
 func startStage(t *testing.T, idle string) *stage {
 	t.Helper()
@@ -63,10 +63,10 @@ func startStage(t *testing.T, idle string) *stage {
 	// Set before the manager starts: it passes them on to dice.service.
 	t.Setenv("CONTAINERS_STORAGE_CONF", storage)
 	t.Setenv("CONTAINERS_CONF", conf)
-	t.Setenv("CGO_ENABLED", "0") // FROM scratch: no libc to link against
 	bin := systemdtest.BuildStage(t, "03-idle-exit")
-	podman(t, "build", "--quiet", "-f", filepath.Join(systemdtest.ModuleRoot(t),
-		"08-container", "Containerfile"), "-t", "localhost/dice", bin)
+	out, err := exec.Command("make", "-s", "-C", systemdtest.ModuleRoot(t), "image",
+		"BIN="+bin).CombinedOutput()
+	require.NoError(t, err, "make image:\n%s", out)
 	t.Cleanup(func() { _ = exec.Command("podman", "system", "reset", "--force").Run() })
 
 	m := systemdtest.New(t)
