@@ -85,6 +85,9 @@ func addTargets() {
 		noLimit+"[Service]\nEnvironment=PYTHONPATH="+top+"/05-socket-proxyd "+
 			"PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+python+" "+top+
 			"/internal/bench/flask/activated.py\n")
+	// 08: 03's program in a podman container (conmon beside it), as its units run it.
+	t = add("08", "08-container", "08-container", "bin", all)
+	t.exits, t.args = true, []string{"-idle", idle.String()}
 	add("f02", "floor, 02's units", "02-socket-activated", "floor", cold, "dice.service", noLimit)
 	add("f03", "floor, 03's units", "03-idle-exit", "floor", cold).exits = true
 	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
@@ -94,6 +97,17 @@ func addTargets() {
 		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
 			"ExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run --host 127.0.0.1 "+
 			"--port %d\n", python, top, 18100+len(targets)))
+}
+
+// podmanRuns builds stage 08's image from tmp/bin and tells whether podman runs it
+// here: the program, given no socket, exits 1 (podman's own failures are 125-127).
+func podmanRuns() bool {
+	if command("make", "-s", "image", "BIN="+tmp+"/bin") != nil {
+		return false
+	}
+	err := exec.Command("podman", "run", "--rm", "--network=none", "localhost/dice").Run()
+	exit, ok := err.(*exec.ExitError)
+	return ok && exit.ExitCode() == 1
 }
 
 // flaskOK tells whether the post's Flask app can run here: Debian's python3 with Flask.
@@ -132,6 +146,9 @@ func build() error {
 		case t.bin == "cfloor" && command("cc", "-static", "-O2", "-o", tmp+"/cfloor/"+
 			t.programs()[0], "internal/bench/cfloor/floor.c") != nil:
 			logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc)")
+			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
+		case t.stage == "08-container" && !podmanRuns():
+			logf("no 08 (it needs podman that runs a container here: apt-get install podman)")
 			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
 		}
 	}
