@@ -123,21 +123,14 @@ func figures() map[string]string {
 	if !flaskOK {
 		kind += " (" + noFlask + ")"
 	}
-	goMax, flask, p50 := get("01"), get("flask"), func(k string) time.Duration {
-		return get(k).cold.p(50)
-	}
-	for _, k := range []string{"02", "03", "04"} {
-		if get(k).rss[2].kib > goMax.rss[2].kib {
-			goMax = get(k)
-		}
-	}
+	flask, p50 := get("flask"), func(k string) time.Duration { return get(k).cold.p(50) }
 	return map[string]string{
 		// README.md, the stages' READMEs, docs/design-notes.md
-		"flaskrss": mib(flask, flask.rss[2].kib), "gorss": mib(goMax, goMax.rss[2].kib),
-		"goflask":    times(goMax.rss[2].kib, flask.rss[2].kib),
+		"flaskrss": mib(flask, flask.rss[2].kib), "gorss": mib(get("01"), goMax()),
+		"goflask":    times(goMax(), flask.rss[2].kib),
 		"cold0204":   spread(p50("02"), p50("03"), p50("04")),
 		"coldfloors": spread(p50("f02"), p50("f03"), p50("f04")),
-		"cold05":     ms(p50("05")), "coldflask": ms(p50("fs")),
+		"cold05":     ms(p50("05")), "coldflask": spread(p50("fs")),
 		"rss01": mib(get("01"), get("01").rss[1].kib), "rss03": mib(get("03"), get("03").rss[1].kib),
 		"rss04": mib(get("04"), get("04").rss[1].kib), "rss05": mib(get("05"), get("05").rss[1].kib),
 		"rssproxy":      mib(get("05"), get("05").rss[1].proxy),
@@ -235,10 +228,7 @@ func goals() (g [][]string) {
 	}
 	add("P1 stages 02–05 idle: no process, 0 KiB", idle == 0, "%d processes before the first "+
 		"request (02–05) and after idle or close (03–05)", idle)
-	goMax, flask := 0, get("flask").rss[2].kib
-	for _, k := range []string{"01", "02", "03", "04"} {
-		goMax = max(goMax, get(k).rss[1].kib, get(k).rss[2].kib)
-	}
+	goMax, flask := goMax(), get("flask").rss[2].kib
 	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask && flaskOK,
 		"largest Go stage %d KiB / Flask %d KiB (after %d requests) = %.2f×", goMax, flask,
 		requests, float64(goMax)/float64(flask))
@@ -270,6 +260,14 @@ func goals() (g [][]string) {
 		listening, "%d of %d cold starts answered, each by a new process; socket listening: %v",
 		re.ok, re.ok+re.failed, listening)
 	return g
+}
+
+// goMax is the largest RSS of a Go stage (01-04) after its 1st or nth request, in KiB.
+func goMax() (kib int) {
+	for _, k := range []string{"01", "02", "03", "04"} {
+		kib = max(kib, get(k).rss[1].kib, get(k).rss[2].kib)
+	}
+	return kib
 }
 
 // active is how long t's processes run in a day of calls spread evenly over 24 h, as
@@ -359,9 +357,13 @@ func times(a, b int) string {
 	return fmt.Sprintf("%.2f×", float64(a)/float64(b))
 }
 
-// spread is the range of ds: "16.1–24.2 ms", or one figure if they are the same.
+// spread is the range of ds: "16.1–24.2 ms", or one figure if they are the same; "–"
+// if one was not measured (no Flask here).
 func spread(ds ...time.Duration) string {
 	low, high := ms(slices.Min(ds)), ms(slices.Max(ds))
+	if slices.Min(ds) == 0 {
+		return "–"
+	}
 	if low == high {
 		return low
 	}
