@@ -30,7 +30,7 @@ BASE  = $(or $(if $(filter 4 5,$(N)),2),$(if $(filter 6 7 8,$(N)),3),$(shell exp
 PREV  = $(patsubst %/,%,$(wildcard 0$(BASE)-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
-.PHONY: install-system uninstall-system test-system test-distros transcripts measure bench
+.PHONY: install-system uninstall-system test-system test-distros transcripts measure bench image
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -62,9 +62,18 @@ diff: ## diff N=3: what stage N adds to the one it builds on (04, 05: 02; 06-08:
 	@diff -ru --unidirectional-new-file --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
 	@diff -ruN units/$(PREV) units/$(STAGE); test $$? -le 1
 
+# Stage 08's image: $(BIN)/03-idle-exit FROM scratch (the tests: BIN=their build).
+# Built at every run-stage: podman's layer cache makes that instant while the binary is
+# the same, and a new one is never left out. Root's images are not a user's:
+# install-system builds it too.
+image: ## the container image of stage 08, localhost/dice (podman build, from bin/)
+	@command -v podman >/dev/null || { echo "stage 08 needs podman: apt-get install" \
+		"podman crun uidmap dbus-user-session (dnf install podman)" >&2; exit 1; }
+	podman build --quiet -f 08-container/Containerfile -t localhost/dice $(BIN)
+
 # BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy. The post's
 # own steps need Flask too.
-run-stage: build ## run-stage 2: install stage 2's units as user units and start them
+run-stage: build $(if $(wildcard $(STAGE)/Containerfile),image) ## run-stage 2: install stage 2's units as user units and start them
 	@test -n "$(STAGE)" || { echo "usage: make run-stage 2   (stages: $(STAGES))"; exit 2; }
 	@if [ "$(BACKEND)" = flask ] || [ -n "$(filter post-%,$(STAGE))" ]; then \
 		/usr/bin/python3 -c 'import flask' 2>/dev/null || { echo "this needs Flask:" \
@@ -78,7 +87,7 @@ status: ## systemctl status of the dice units, and their processes
 	@scripts/run-stage --status
 
 # STAGE=2 on the command line overrides STAGE above; the script takes 2, 02 or the name.
-install-system: ## install-system STAGE=2: hardened system units (DESTDIR, PREFIX)
+install-system: $(if $(filter 8 08 08-container,$(STAGE)),image) ## install-system STAGE=2: hardened system units (DESTDIR, PREFIX)
 	@test -n "$(STAGE)" || { echo "usage: sudo make install-system STAGE=2   (stages: $(STAGES))"; exit 2; }
 	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" GO="$(GO)" scripts/install-system "$(STAGE)"
 

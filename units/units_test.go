@@ -143,7 +143,8 @@ func stages(t *testing.T) []string {
 // <root>/etc/systemd/system. A socket-activated service needs no network of its own
 // and reaches 0.2; stage 01 opens its own port, so it keeps the host's network.
 // Stage 05's proxy and app share a private network, and may create IP sockets in it
-// (the proxy calls the app): 0.5 each.
+// (the proxy calls the app): 0.5 each. Stage 08's service is podman, which needs root's
+// powers to build the container: its drop-in takes what podman can spare.
 func TestExposure(t *testing.T) {
 	analyze := systemdtest.Need(t, "systemd-analyze")
 	exposure := regexp.MustCompile(`Overall exposure level for \S+: (\d+\.\d+)`)
@@ -154,8 +155,11 @@ func TestExposure(t *testing.T) {
 			require.NoError(t, os.MkdirAll(dir, 0o755))
 			installTree(t, stage, dir, "")
 			limit := 0.5
-			if stage == "01-always-on" {
+			switch stage {
+			case "01-always-on":
 				limit = 2.0
+			case "08-container":
+				limit = 7.8
 			}
 			for _, f := range unitFiles(t) {
 				if filepath.Dir(f) != stage || !strings.HasSuffix(f, ".service") {

@@ -96,6 +96,9 @@ func addTargets() {
 	add("fs", "Flask, socket-activated", "02-socket-activated", "bin", all, "dice.service",
 		noLimit+"[Service]\nEnvironment=PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+
 			python+" "+top+"/post/dice_ng.py\n")
+	// 08: 03's program in a podman container (conmon beside it), as its units run it.
+	t = add("08", "08-container", "08-container", "bin", all)
+	t.exits, t.args = true, []string{"-idle", idle.String()}
 	// Not a stage: units/post-always-on/dice.service as it is, run on this checkout's dice.py.
 	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
 		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
@@ -125,6 +128,17 @@ func freePort() int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// podmanRuns builds stage 08's image from tmp/bin and tells whether podman runs it
+// here: the program, given no socket, exits 1 (podman's own failures are 125-127).
+func podmanRuns() bool {
+	if exec.Command("make", "-s", "image", "BIN="+tmp+"/bin").Run() != nil {
+		return false
+	}
+	err := exec.Command("podman", "run", "--rm", "--network=none", "localhost/dice").Run()
+	exit, ok := err.(*exec.ExitError)
+	return ok && exit.ExitCode() == 1
 }
 
 // flaskOK tells whether the post's Flask app can run here: Debian's python3 with Flask.
@@ -167,6 +181,9 @@ func build() error {
 		case t.bin == "cfloor" && exec.Command("cc", "-static", "-O2", "-o", tmp+"/cfloor/"+
 			t.programs()[0], "internal/bench/cfloor/floor.c").Run() != nil:
 			logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc)")
+			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
+		case t.stage == "08-container" && !podmanRuns():
+			logf("no 08 (it needs podman that runs a container here: apt-get install podman)")
 			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
 		}
 	}
