@@ -163,17 +163,18 @@ func (s *stage) rollAndNoStats(t *testing.T, base string) int {
 	return pid
 }
 
-// TestFdOrderIsNotDefined shows why the program goes by names: the order in which
+// TestEveryFdOrderServes shows why the program goes by names: the order in which
 // systemd passes the fds of two socket units is not defined. It is the order of a
-// hash table of the units, which changes when the manager reloads its units (and
-// from one manager to the next). The test starts the service from the unix socket,
-// reads the order it got, stops it and reloads, until it has seen both orders, at
-// most 16 times (each order comes about half the time).
-func TestFdOrderIsNotDefined(t *testing.T) {
+// hash table of the units, which can change when the manager reloads its units (and
+// from one manager or release to the next). The test starts the service from the
+// unix socket, checks that the admin socket and IPv4 reach the same process, stops
+// it and reloads, 8 times, and logs the orders it was given. The orders themselves
+// are systemd's business; TestNamesNotOrder passes both on purpose.
+func TestEveryFdOrderServes(t *testing.T) {
 	s := installStage(t, "")
 	s.start(t, "dice.socket", "dice-admin.socket")
 	seen := map[string]int{}
-	for reload := 0; reload < 16 && len(seen) < 2; reload++ {
+	for reload := 0; reload < 8; reload++ {
 		pid := stats(t, s.admin).Pid
 		assert.Equal(t, pid, s.rollAndNoStats(t, s.ipv4))
 		seen[fdNames(t, pid)]++
@@ -181,16 +182,6 @@ func TestFdOrderIsNotDefined(t *testing.T) {
 		s.m.MustSystemctl(t, "daemon-reload")
 	}
 	t.Logf("LISTEN_FDNAMES seen: %v", seen)
-	assert.ElementsMatch(t, []string{"public:public:admin", "admin:public:public"},
-		keys(seen), "16 times in a row the same order")
-}
-
-func keys(m map[string]int) []string {
-	var k []string
-	for key := range m {
-		k = append(k, key)
-	}
-	return k
 }
 
 // TestAdminSocketRefusesOtherUsers proves that the file's mode is the access
