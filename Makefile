@@ -24,7 +24,8 @@ STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
 # Each stage builds on the one before it, except 04: one process per connection has
 # nothing to gain from an idle exit, so it builds on 02, as 03 does. And 05: the same
 # socket as 02, but in front of a proxy and an app that cannot take it (01's program).
-PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(shell expr 0$(N) - 1))-*/))
+# 06, 07 and 08 each add one idea to 03.
+PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(if $(filter 6 7 8,$(N)),3,$(shell expr 0$(N) - 1)))-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
 .PHONY: install-system uninstall-system test-system test-distros measure bench

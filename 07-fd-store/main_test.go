@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/stagetest"
+)
+
+func TestMain(m *testing.M) { stagetest.Main(m, main) }
+
+func TestWithoutSystemdItSaysWhatToDo(t *testing.T) {
+	code, out := stagetest.Exit(t, stagetest.Self("-idle", "1s"))
+	assert.Equal(t, 1, code)
+	assert.Contains(t, out, "LISTEN_FDS unset")
+	assert.Contains(t, out, "make run-stage 3")
+}
+
+// TestExitsWhenIdle passes a listening socket as systemd would: the stage serves
+// a roll, then exits 0 on its own once no connection has been open for -idle.
+func TestExitsWhenIdle(t *testing.T) {
+	ln := stagetest.TCPListener(t)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "300ms")
+	exited := stagetest.Start(t, cmd)
+
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	status, pid, _ := dicetest.Roll(t, client, "http://"+ln.Addr().String())
+	assert.Equal(t, http.StatusOK, status)
+	assert.Equal(t, cmd.Process.Pid, pid)
+	select {
+	case err := <-exited:
+		assert.NoError(t, err, "exit status 0 when idle")
+	case <-time.After(5 * time.Second):
+		t.Fatal("still running 5 s after the last connection closed, with -idle 300ms")
+	}
+}
+
+// TestKeepAliveHoldsIt sends a request every 100 ms over one keep-alive connection
+// for three idle periods: the stage must not exit while the connection is open,
+// and must exit once it closes.
+func TestKeepAliveHoldsIt(t *testing.T) {
+	ln := stagetest.TCPListener(t)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "300ms")
+	exited := stagetest.Start(t, cmd)
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	r := bufio.NewReader(c)
+	for i := 0; i < 10; i++ {
+		_, err := fmt.Fprintf(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(r, nil)
+		require.NoError(t, err, "request %d on the kept-alive connection", i)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("exited (%v) while a keep-alive connection was in use", err)
+	default:
+	}
+	require.NoError(t, c.Close())
+	select {
+	case err := <-exited:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("still running 5 s after the connection closed")
+	}
+}
