@@ -17,18 +17,47 @@ func checkEnv() error {
 	switch {
 	case fds == "":
 		return errors.New("no socket passed by systemd (LISTEN_FDS unset): start " +
-			"dice.socket (make run-stage 3), or try: systemd-socket-activate " +
-			"-l 127.0.0.1:8080 ./bin/03-idle-exit; `go run` cannot work: it runs " +
+			"dice.socket (make run-stage 7), or try: systemd-socket-activate " +
+			"-l 127.0.0.1:8080 ./bin/07-fd-store; `go run` cannot work: it runs " +
 			"the program as a child, with another pid")
 	case pid != strconv.Itoa(os.Getpid()):
 		return fmt.Errorf("systemd passed its sockets to pid %s, this is pid %d: run the "+
 			"built binary itself in ExecStart= (not `go run` or a wrapper that forks; a "+
 			"shell script must `exec` it)", pid, os.Getpid())
-	case fds != "1":
-		return fmt.Errorf("systemd passed %s sockets (LISTEN_FDS=%[1]s), this service "+
-			"takes exactly 1: give the socket unit one ListenStream= line", fds)
 	}
 	return nil
+}
+
+// split tells the connections systemd kept in its fd store (named storedName) from
+// the sockets of dice.socket, and checks that those are one listening stream socket.
+// A stored connection the client has closed meanwhile is served like any other: its
+// first read ends it, without a word.
+func split(files []*os.File) (ln net.Listener, taken []net.Conn, err error) {
+	var lns []net.Listener
+	for _, f := range files {
+		if f.Name() == storedName {
+			c, err := net.FileConn(f)
+			f.Close()
+			if err != nil {
+				return nil, nil, fmt.Errorf("a stored connection: %w", err)
+			}
+			taken = append(taken, c)
+			continue
+		}
+		l, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			l = nil // Not a stream socket: oneListener says so.
+		}
+		lns = append(lns, l)
+	}
+	if len(lns) != 1 {
+		return nil, nil, fmt.Errorf("systemd passed %d sockets besides the stored "+
+			"connections, this service takes exactly 1: give the socket unit one "+
+			"ListenStream= line", len(lns))
+	}
+	ln, err = oneListener(lns)
+	return ln, taken, err
 }
 
 // oneListener checks what activation.Listeners returned: one listening stream socket.

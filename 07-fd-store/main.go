@@ -1,4 +1,5 @@
-// Command 03-idle-exit serves dice on a port that systemd opened, and exits when idle.
+// Command 07-fd-store serves dice on a port that systemd opened, exits when idle, and
+// leaves its open connections with systemd when stopped: a restart closes none.
 package main
 
 import (
@@ -29,39 +30,31 @@ func main() {
 }
 
 func run(idle time.Duration, log *slog.Logger) error {
-	ln, err := listener()
+	// systemd sets LISTEN_FDS and LISTEN_PID=<our pid>; checkEnv explains if it did not.
+	if err := checkEnv(); err != nil {
+		return err
+	}
+	// New in this stage: fd 3 is dice.socket; after it come the connections that the
+	// instance before left in systemd's fd store, named "keepalive" in LISTEN_FDNAMES.
+	ln, taken, err := split(activation.Files(true))
 	if err != nil {
 		return err
 	}
-	// systemctl stop sends SIGTERM; Ctrl-C sends SIGINT. Both end serve gracefully.
+	store, err := openFDStore(len(taken) > 0)
+	if err != nil {
+		return err
+	}
+	// systemctl stop and restart send SIGTERM; Ctrl-C sends SIGINT.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	log.Info("serving", "addr", ln.Addr().String(), "pid", os.Getpid())
-	return serve(ctx, ln, &dice.Handler{Log: log}, log, idle)
+	log.Info("serving", "addr", ln.Addr().String(), "pid", os.Getpid(), "taken back", len(taken))
+	return serve(ctx, ln, taken, &dice.Handler{Log: log}, log, idle, store)
 }
 
-// listener takes the port systemd opened (dice.socket) as fd 3.
-func listener() (net.Listener, error) {
-	// systemd sets LISTEN_FDS=1 and LISTEN_PID=<our pid>; checkEnv explains if it did not.
-	if err := checkEnv(); err != nil {
-		return nil, err
-	}
-	// Listeners turns fds 3, 4, ... into listeners, and unsets LISTEN_FDS and LISTEN_PID
-	// so that a child process cannot take them for its own.
-	lns, err := activation.Listeners()
-	if err != nil {
-		return nil, err
-	}
-	return oneListener(lns)
-}
-
-// serve answers rolls on ln until ctx is done, then stops accepting and lets the
-// requests in flight finish.
-func serve(ctx context.Context, ln net.Listener, h *dice.Handler, log *slog.Logger,
-	idle time.Duration) error {
-	// New in this stage: once no connection has been open for idle, serve ends as if
-	// stopped, and main exits 0. systemd keeps its copy of the socket listening:
-	// connections that arrive from now on wait there and start the next instance.
+// serve answers rolls on ln and on the connections taken back until ctx is done or
+// no connection has been open for idle; then it hands the open connections to store.
+func serve(ctx context.Context, ln net.Listener, taken []net.Conn, h *dice.Handler,
+	log *slog.Logger, idle time.Duration, store *fdStore) error {
 	ctx, exit := context.WithCancel(ctx)
 	defer exit()
 	srv := dice.NewServer(h, log)
@@ -70,11 +63,10 @@ func serve(ctx context.Context, ln net.Listener, h *dice.Handler, log *slog.Logg
 		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 		exit()
 	}, func(open int) {
-		// `systemctl status dice.service` shows this line (Type=notify).
 		_, _ = daemon.SdNotify(false, fmt.Sprintf("STATUS=served %d rolls; %d connections "+
 			"open; exits after %s idle", h.Rolls(), open, idle))
 	}).ConnState
-	// READY=1 tells systemd (Type=notify) that the service is up.
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
-	return dice.Serve(ctx, srv, ln)
+	// Each connection open at the stop goes to systemd, which gives it to the next instance.
+	return serveAndHandOver(ctx, srv, ln, taken, store)
 }

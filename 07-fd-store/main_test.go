@@ -22,7 +22,7 @@ func TestWithoutSystemdItSaysWhatToDo(t *testing.T) {
 	code, out := stagetest.Exit(t, stagetest.Self("-idle", "1s"))
 	assert.Equal(t, 1, code)
 	assert.Contains(t, out, "LISTEN_FDS unset")
-	assert.Contains(t, out, "make run-stage 3")
+	assert.Contains(t, out, "make run-stage 7")
 }
 
 // TestExitsWhenIdle passes a listening socket as systemd would: the stage serves
