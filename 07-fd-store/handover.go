@@ -133,7 +133,7 @@ type keptConn struct {
 
 	mu        sync.Mutex
 	deadline  time.Time // the read deadline net/http asked for
-	idleUntil time.Time // taken back: no read deadline before this
+	idleUntil time.Time // taken back: no read deadline before this, until a byte comes
 	read      int       // bytes read since the last answer (or since the start)
 	tail      string    // the last 4 bytes read, to tell a pipelined request
 	handing   bool      // the server stops
@@ -159,6 +159,9 @@ func (c *keptConn) Read(p []byte) (int, error) {
 		n, err := c.Conn.Read(p)
 		c.mu.Lock()
 		c.read += n
+		if n > 0 {
+			c.idleUntil = time.Time{} // A request has begun: net/http's deadlines hold.
+		}
 		c.tail = lastBytes(c.tail+string(p[max(0, n-4):n]), 4)
 		// A deadline error that net/http's own deadline does not explain is the stop's.
 		stop := errors.Is(err, os.ErrDeadlineExceeded) && c.handing &&
@@ -196,7 +199,6 @@ func (c *keptConn) boundary() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.read = 0
-	c.idleUntil = time.Time{}
 	if c.handing && c.clean() {
 		_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
 	}

@@ -184,6 +184,13 @@ func TestIdleConnectionGoesToTheNextInstance(t *testing.T) {
 	assert.Equal(t, 2, roll(t, c, r, 2), "the same connection, answered after the stop")
 	assert.Equal(t, int64(1), first.h.Rolls())
 	assert.Equal(t, int64(1), second.h.Rolls(), "by the next instance")
+
+	second.stop()
+	kept = notify.next(t)
+	require.NoError(t, second.exited(t))
+	third := startServer(t, stagetest.TCPListener(t), kept)
+	assert.Equal(t, 3, roll(t, c, r, 3), "and after the next stop")
+	assert.Equal(t, int64(1), third.h.Rolls())
 }
 
 // TestARequestBegunAtTheStopIsAnsweredOnce: at the stop, a connection whose next
