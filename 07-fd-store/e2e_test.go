@@ -6,13 +6,15 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -30,6 +32,13 @@ import (
 // drop-in of dice.service; starts dice.socket only, and returns the manager and the
 // service's base URL.
 func startStage(t *testing.T, dropIn string, args ...string) (*systemdtest.Manager, string) {
+	m, base, _ := startStageIn(t, dropIn, args...)
+	return m, base
+}
+
+// startStageIn is startStage that also returns the directory of the service's binary.
+func startStageIn(t *testing.T, dropIn string, args ...string) (*systemdtest.Manager,
+	string, string) {
 	t.Helper()
 	m := systemdtest.New(t)
 	bin := systemdtest.BuildStage(t, "07-fd-store")
@@ -42,15 +51,7 @@ func startStage(t *testing.T, dropIn string, args ...string) (*systemdtest.Manag
 	m.WaitProp(t, "dice.socket", "SubState", "listening", 10*time.Second)
 	require.Equal(t, "inactive", m.Show(t, "dice.service", "ActiveState"),
 		"nothing runs before the first connection")
-	return m, "http://" + addr
-}
-
-// socketState is dice.socket's ActiveState and SubState, from one systemctl call so
-// that they describe the same moment.
-func socketState(t *testing.T, m *systemdtest.Manager) string {
-	t.Helper()
-	out := m.MustSystemctl(t, "show", "-p", "ActiveState", "-p", "SubState", "dice.socket")
-	return strings.Join(strings.Fields(out), " ")
+	return m, "http://" + addr, bin
 }
 
 // TestIdleExitUnderSystemd proves the stage's promise: a connection starts the
@@ -95,190 +96,6 @@ func TestIdleExitUnderSystemd(t *testing.T) {
 	assert.NotEqual(t, pid, next, "a new process answers")
 }
 
-// TestChurnReactivatesWithoutLoss proves that idle exits and re-activations can
-// follow each other quickly, over and over: 30 times a request, each on a new
-// connection, then a wait until the service has exited idle (-idle 200ms). Every
-// request is answered, by 30 different processes, and dice.socket never leaves the
-// listening (or, while an instance runs, running) state.
-func TestChurnReactivatesWithoutLoss(t *testing.T) {
-	m, base := startStage(t, "", "-idle", "200ms")
-	pids := map[int]bool{}
-	socketStates := map[string]int{}
-	var failed []error
-	start := time.Now()
-	for range 30 {
-		pid, err := dicetest.TryRoll(dicetest.NewConn, base)
-		if err != nil {
-			failed = append(failed, err)
-		} else {
-			pids[pid] = true
-		}
-		socketStates[socketState(t, m)]++ // An instance runs: "running".
-		m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
-		socketStates[socketState(t, m)]++ // It has exited: "listening".
-	}
-	t.Logf("30 re-activations in %s; dice.socket seen as %v",
-		time.Since(start).Round(time.Millisecond), socketStates)
-	assert.Empty(t, failed, "failed requests")
-	assert.Len(t, pids, 30, "distinct Dice-Pids")
-	for state := range socketStates {
-		assert.Contains(t, []string{"ActiveState=active SubState=listening",
-			"ActiveState=active SubState=running"}, state, "dice.socket")
-	}
-	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
-}
-
-// TestBurstsDuringIdleExitLoseNothing proves that the idle exit is race-free: 16
-// clients connect at once, right when the idle timer of the running instance fires,
-// for at least 50 rounds, and on (up to 500) until 3 bursts have straddled an exit.
-// Connections the old instance accepts before it closes its listener are answered by
-// it; the others wait in systemd's socket and are answered by the next instance. Not
-// one may fail. A burst answered by two processes shows that its requests straddled
-// an exit, i.e. that the test hit the window.
-func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
-	m, base := startStage(t, "", "-idle", "100ms")
-	const clients = 16
-	client := dicetest.NewConn
-	var failed []error
-	straddled, early, late := 0, 0, 0
-	processes := map[int]bool{}
-	// The timer fires 100 ms after the last connection closed, and the listener closes
-	// a fraction of a millisecond later. Each round starts the clock with one request
-	// whose connection the server closes (we see when), then aims the burst at that
-	// moment. The aim follows the moment: a burst that only the process of the first
-	// request answered came too early, one that only a new process answered too late.
-	aim := 100 * time.Millisecond
-	start := time.Now()
-	round := 0
-	// At least 50 rounds, and on until 3 bursts have straddled an exit (bounded by a
-	// count, not a time: a loaded machine takes longer, not fewer rounds).
-	for ; (round < 50 || straddled < 3) && round < 500; round++ {
-		pid, closed, err := dicetest.RollAndWaitForClose(base)
-		if err != nil {
-			failed = append(failed, fmt.Errorf("round %d, first request: %w", round, err))
-			continue
-		}
-		processes[pid] = true
-		pids, errs := dicetest.Burst(clients, closed.Add(aim), func() (int, error) {
-			return dicetest.TryRoll(client, base)
-		})
-		burst := map[int]bool{}
-		for i := range clients {
-			if errs[i] != nil {
-				failed = append(failed, fmt.Errorf("round %d, client %d: %w", round, i, errs[i]))
-				continue
-			}
-			burst[pids[i]] = true
-			processes[pids[i]] = true
-		}
-		switch {
-		case len(burst) >= 2:
-			straddled++
-		case burst[pid]:
-			early++
-			aim += 100 * time.Microsecond
-		case len(burst) == 1:
-			late++
-			aim -= 100 * time.Microsecond
-		}
-	}
-	t.Logf("%d rounds of 1+%d requests in %s, %d processes: %d failed requests; bursts "+
-		"answered by 2+ processes: %d, by the process before: %d, by a new one: %d "+
-		"(final aim %s)", round, clients, time.Since(start).Round(time.Millisecond),
-		len(processes), len(failed), straddled, early, late, aim)
-	assert.Empty(t, failed, "failed requests")
-	assert.Positive(t, straddled, "no burst met an exit: the test missed the window")
-	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
-	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
-}
-
-// TestOnlyARealClientHoldsTheService proves that the idle timer counts connections
-// the right way: a keep-alive connection that keeps sending requests holds the
-// service well past -idle (one process answers them all), while a client that
-// connects and sends nothing is cut off after dice.ReadHeaderTimeout, and the
-// service exits -idle later.
-func TestOnlyARealClientHoldsTheService(t *testing.T) {
-	m, base := startStage(t, "", "-idle", "300ms")
-	addr := strings.TrimPrefix(base, "http://")
-
-	t.Run("keep-alive connection in use", func(t *testing.T) {
-		c, err := net.Dial("tcp", addr)
-		require.NoError(t, err)
-		defer c.Close()
-		r := bufio.NewReader(c)
-		pids := map[string]int{}
-		start := time.Now()
-		for time.Since(start) < 4*300*time.Millisecond {
-			_, err := fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n")
-			require.NoError(t, err)
-			resp, err := http.ReadResponse(r, nil)
-			require.NoError(t, err, "a request on the kept-alive connection")
-			resp.Body.Close()
-			assert.Equal(t, http.StatusOK, resp.StatusCode)
-			pids[resp.Header.Get("Dice-Pid")]++
-			time.Sleep(100 * time.Millisecond)
-		}
-		require.Len(t, pids, 1, "one process answered every request: %v", pids)
-		for pid := range pids {
-			assert.Equal(t, pid, strconv.Itoa(m.MainPID(t, "dice.service")))
-		}
-		require.NoError(t, c.Close())
-		m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
-	})
-
-	t.Run("silent connection", func(t *testing.T) {
-		c, err := net.Dial("tcp", addr)
-		require.NoError(t, err)
-		defer c.Close()
-		connected := time.Now()
-		m.WaitProp(t, "dice.service", "ActiveState", "active", 10*time.Second)
-		limit := dice.ReadHeaderTimeout + 300*time.Millisecond
-		m.WaitProp(t, "dice.service", "ActiveState", "inactive", limit+10*time.Second)
-		t.Logf("a silent client held the service for %s (ReadHeaderTimeout + idle = %s)",
-			m.Timestamp(t, "dice.service", "ExecMainExitTimestamp").Sub(connected).
-				Round(time.Millisecond), limit)
-		assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
-		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
-		_, err = c.Read(make([]byte, 1))
-		assert.ErrorIs(t, err, io.EOF, "the server closed the silent connection")
-	})
-}
-
-// TestDefaultStartLimitFailsTheSocket shows why dice.service sets StartLimitBurst=:
-// with systemd's default burst of 5 starts the same churn as above fails the
-// service at its 6th start, and dice.socket with it. The socket stops listening and
-// requests are refused until someone restarts it. (The default interval is 10 s;
-// the test's drop-in makes it an hour, so that a slow machine hits the limit too.)
-func TestDefaultStartLimitFailsTheSocket(t *testing.T) {
-	m, base := startStage(t, "[Unit]\nStartLimitIntervalSec=1h\nStartLimitBurst=5\n",
-		"-idle", "200ms")
-	require.Equal(t, "1h", m.Show(t, "dice.service", "StartLimitIntervalUSec"))
-
-	pids := map[int]bool{}
-	var failed []error
-	for range 10 {
-		if m.Show(t, "dice.socket", "ActiveState") == "failed" {
-			break
-		}
-		pid, err := dicetest.TryRoll(dicetest.NewConn, base)
-		if err != nil {
-			failed = append(failed, err)
-			continue
-		}
-		pids[pid] = true
-		m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
-	}
-	t.Logf("%d processes answered, failed requests: %v", len(pids), failed)
-	m.WaitProp(t, "dice.socket", "ActiveState", "failed", 10*time.Second)
-	assert.Equal(t, "service-start-limit-hit", m.Show(t, "dice.socket", "Result"))
-	assert.Equal(t, "failed", m.Show(t, "dice.service", "ActiveState"))
-	assert.Equal(t, "start-limit-hit", m.Show(t, "dice.service", "Result"))
-	assert.Len(t, pids, 5, "5 starts were allowed, the 6th was not")
-	assert.NotEmpty(t, failed, "the connection that asked for the 6th start was dropped")
-	_, err := dicetest.TryRoll(dicetest.NewConn, base)
-	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "nothing listens any more")
-}
-
 // TestStatusLine proves that the service keeps systemd informed (Type=notify,
 // STATUS=): `systemctl --user status dice.service` shows how many rolls it served.
 func TestStatusLine(t *testing.T) {
@@ -316,4 +133,169 @@ func TestBadRequestsUnderSystemd(t *testing.T) {
 func TestRestartsUnderLoadLoseNothing(t *testing.T) {
 	m, base := startStage(t, "") // The unit's own -idle 30s.
 	stagetest.RestartsUnderLoad(t, m, base, 6)
+}
+
+// stored is how many file descriptors systemd holds in dice.service's store.
+func stored(t *testing.T, m *systemdtest.Manager) string {
+	t.Helper()
+	return m.Show(t, "dice.service", "NFileDescriptorStore")
+}
+
+// pidOf reads the Dice-Pid of an answer.
+func pidOf(t *testing.T, c net.Conn, r *bufio.Reader, count int) int {
+	t.Helper()
+	require.NoError(t, c.SetDeadline(time.Now().Add(30*time.Second)))
+	_, err := fmt.Fprintf(c, "GET /roll?count=%d HTTP/1.1\r\nHost: dice\r\n\r\n", count)
+	require.NoError(t, err)
+	return pidOfAnswer(t, r, count)
+}
+
+// pidOfAnswer reads an answer with count rolls and returns its Dice-Pid.
+func pidOfAnswer(t *testing.T, r *bufio.Reader, count int) int {
+	t.Helper()
+	resp, err := http.ReadResponse(r, nil)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var a dice.Answer
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&a))
+	require.Len(t, a.Rolls, count, "the answer to the request for %d rolls", count)
+	assert.False(t, resp.Close, "the server keeps the connection")
+	pid, err := strconv.Atoi(resp.Header.Get("Dice-Pid"))
+	require.NoError(t, err)
+	return pid
+}
+
+// TestRestartKeepsTheConnection is the stage's promise: one TCP connection, a
+// request, `systemctl restart dice.service`, and a second request on the same
+// connection, answered by the new process. The new process took the connection out
+// of the store (FDSTOREREMOVE=1): systemd holds none of it any more.
+func TestRestartKeepsTheConnection(t *testing.T) {
+	m, base := startStage(t, "")
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	require.NoError(t, err)
+	defer c.Close()
+	r := bufio.NewReader(c)
+	port := c.LocalAddr().(*net.TCPAddr).Port
+	before := pidOf(t, c, r, 1)
+	assert.Equal(t, before, m.MainPID(t, "dice.service"))
+
+	m.MustSystemctl(t, "restart", "dice.service")
+	after := pidOf(t, c, r, 2)
+	t.Logf("local port %d: Dice-Pid %d, then %d after the restart", port, before, after)
+	assert.NotEqual(t, before, after, "a new process answers")
+	assert.Equal(t, after, m.MainPID(t, "dice.service"))
+	assert.Equal(t, port, c.LocalAddr().(*net.TCPAddr).Port, "on the same connection")
+	assert.Equal(t, "0", stored(t, m), "the new process took it out of the store")
+	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"), "the old one exited 0")
+}
+
+// TestARequestBegunAtTheHandoverIsAnsweredOnce: a restart comes while connection a
+// has sent all of a request but its last line, and the service has read it
+// (stagetest.InFlight holds requests this way); b waits idle. b goes to the store at
+// once, a only after the old process has answered its request, once: a's next
+// request gets the next answer, from the new process.
+func TestARequestBegunAtTheHandoverIsAnsweredOnce(t *testing.T) {
+	m, base := startStage(t, "")
+	addr := strings.TrimPrefix(base, "http://")
+	a, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer a.Close()
+	ra := bufio.NewReader(a)
+	b, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer b.Close()
+	rb := bufio.NewReader(b)
+	old := pidOf(t, a, ra, 1)
+	require.Equal(t, old, pidOf(t, b, rb, 1))
+
+	_, err = fmt.Fprint(a, "GET /roll?count=2 HTTP/1.1\r\nHost: dice\r\n")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return readByServer(a) }, 20*time.Second,
+		10*time.Millisecond, "the service reads what a sent")
+	m.MustSystemctl(t, "restart", "--no-block", "dice.service")
+	m.WaitProp(t, "dice.service", "NFileDescriptorStore", "1", 30*time.Second)
+	assert.Equal(t, "deactivating", m.Show(t, "dice.service", "ActiveState"),
+		"the old process waits for a's request")
+
+	_, err = fmt.Fprint(a, "\r\n")
+	require.NoError(t, err)
+	assert.Equal(t, old, pidOfAnswer(t, ra, 2), "the process that read it answers it")
+	// A request sent at once could still reach the old process (net/http reads ahead
+	// a byte while it answers; then it serves that request too). Wait for the new one.
+	m.WaitProp(t, "dice.service", "ActiveState", "active", 30*time.Second)
+	next := pidOf(t, a, ra, 3) // Had it been answered twice, this would read 2 rolls.
+	assert.NotEqual(t, old, next)
+	assert.Equal(t, next, pidOf(t, b, rb, 4))
+	assert.Equal(t, next, m.MainPID(t, "dice.service"))
+}
+
+// TestStopEndsTheStore: `systemctl stop` is not a restart. The process hands its
+// connections over as for a restart, but no job follows, and systemd closes the
+// store: the client reads the end of its connection. So on every release: systemd
+// 254+ has FileDescriptorStorePreserve=, whose default, restart, does just this.
+// The next start has nothing to take back.
+func TestStopEndsTheStore(t *testing.T) {
+	m, base := startStage(t, "")
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	require.NoError(t, err)
+	defer c.Close()
+	r := bufio.NewReader(c)
+	before := pidOf(t, c, r, 1)
+	if preserve, err := m.Prop("dice.service", "FileDescriptorStorePreserve"); err == nil &&
+		preserve != "" {
+		assert.Equal(t, "restart", preserve, "systemd 254+")
+	}
+
+	m.MustSystemctl(t, "stop", "dice.service")
+	assert.Equal(t, "0", stored(t, m))
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = r.ReadByte()
+	assert.ErrorIs(t, err, io.EOF, "systemd closed the stored connection")
+	m.MustSystemctl(t, "start", "dice.service")
+	after, err := dicetest.TryRoll(dicetest.NewConn, base)
+	require.NoError(t, err, "a new connection is answered")
+	assert.NotEqual(t, before, after)
+	assert.Contains(t, m.Log(), `"taken back"=0`)
+}
+
+// TestKeptAliveClientsSeeNoRestart: 16 clients, each on one kept-alive connection
+// that it never replaces unless it fails, call the service through 6 restarts and an
+// upgrade (a new binary, then a restart). Not one request fails, not one client has
+// to reconnect. The same clients lose requests with stage 03 (make bench shows both).
+func TestKeptAliveClientsSeeNoRestart(t *testing.T) {
+	m, base, bin := startStageIn(t, "")
+	answered, stop := dicetest.KeptAlive(strings.TrimPrefix(base, "http://"), 16)
+	pids := map[int]bool{}
+	for i := range 7 {
+		for min := answered() + 100; answered() < min; {
+			time.Sleep(10 * time.Millisecond)
+		}
+		pids[m.MainPID(t, "dice.service")] = true
+		if i == 6 {
+			upgrade(t, filepath.Join(bin, "07-fd-store"))
+		}
+		m.MustSystemctl(t, "restart", "dice.service")
+	}
+	for min := answered() + 100; answered() < min; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	pids[m.MainPID(t, "dice.service")] = true
+	kept := stop()
+	t.Logf("6 restarts and an upgrade, %d processes: %d requests answered, %d failed, "+
+		"%d reconnects, longest wait %s; %v", len(pids), kept.Answered, kept.Failed,
+		kept.Reconnects, kept.LongestWait.Round(time.Millisecond), kept.Errors)
+	assert.Len(t, pids, 8, "each restart started a new process")
+	assert.Zero(t, kept.Failed, "failed requests")
+	assert.Zero(t, kept.Reconnects, "reconnects")
+	assert.Equal(t, "active", m.Show(t, "dice.service", "ActiveState"))
+}
+
+// upgrade puts a new binary in place of path, as a package manager does: a new file
+// renamed over the old one. The running process keeps the old one.
+func upgrade(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(path+".new", data, 0o755))
+	require.NoError(t, os.Rename(path+".new", path))
 }
