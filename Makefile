@@ -33,10 +33,14 @@ PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(if $(filter 6 7 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
+# The one build recipe: the tests, the bench and install-system call it, e.g.
+# `make build BIN=/tmp/x PROGRAMS=02-socket-activated`; PKG=./internal/bench/floor builds
+# that package under the programs' names (the bench's floor).
+BIN ?= bin
 build: ## build every stage into bin/<stage>
-	@mkdir -p bin
-	@for s in $(PROGRAMS); do echo "$(GOBUILD) -o bin/$$s ./$$s"; \
-		$(GOBUILD) -o bin/$$s ./$$s || exit 1; done
+	@mkdir -p $(BIN)
+	@for s in $(PROGRAMS); do echo "$(GOBUILD) -o $(BIN)/$$s ./$(or $(PKG),$$s)"; \
+		$(GOBUILD) -o $(BIN)/$$s ./$(or $(PKG),$$s) || exit 1; done
 
 # go test -race needs cgo, and so a C compiler; without one the tests run without it.
 RACE := $(if $(shell command -v gcc || command -v cc),-race)

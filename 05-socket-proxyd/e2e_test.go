@@ -46,15 +46,16 @@ type service struct {
 // --exit-idle-time=idle. It starts dice.socket only and checks that nothing else runs.
 func startStage(t *testing.T, flask bool, idle string) *service {
 	t.Helper()
+	app := "" // stage 01's program; "flask": the post's dice.py
 	if flask {
 		needFlask(t)
-		t.Setenv("DICE_BACKEND", "flask") // Read by scripts/run-stage.
+		app = "flask"
 	}
 	s := &service{m: systemdtest.New(t), bin: systemdtest.BuildStage(t, "01-always-on")}
 	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
 	s.base = "http://" + addr
 	s.port = systemdtest.FreePort(t)
-	require.NoError(t, s.m.InstallStage(stage, s.bin, addr))
+	require.NoError(t, s.m.InstallBackend(stage, app, s.bin, addr))
 	require.NoError(t, s.m.DropIn(proxy, "test", fmt.Sprintf("[Service]\nExecStart=\n"+
 		"ExecStart=%s --exit-idle-time=%s 127.0.0.1:%d\n", proxyd, idle, s.port)))
 	require.NoError(t, s.m.DropIn(backend, "test", fmt.Sprintf("[Service]\nEnvironment=PORT=%d\n",

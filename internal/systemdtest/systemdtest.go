@@ -109,7 +109,8 @@ func (m *Manager) Env() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		switch name, _, _ := strings.Cut(kv, "="); name {
-		case "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "DICE_ADDR", "DICE_ARGS", "DICE_BIN":
+		case "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "DICE_ADDR", "DICE_ARGS", "DICE_BIN",
+			"DICE_BACKEND":
 			continue
 		}
 		env = append(env, kv)
@@ -140,9 +141,36 @@ func (m *Manager) Log() string {
 // --install: the service runs the stage's binary in binDir with args appended, and
 // the socket listens on addr, if not empty.
 func (m *Manager) InstallStage(stage, binDir, addr string, args ...string) error {
-	env := []string{"DICE_BIN=" + binDir, "DICE_ADDR=" + addr, "DICE_ARGS=" + strings.Join(args, " ")}
+	return m.InstallBackend(stage, "", binDir, addr, args...)
+}
+
+// InstallBackend is InstallStage with stage 05's backend: "flask" for the blog post's
+// dice.py, "" for stage 01's program (scripts/run-stage's DICE_BACKEND).
+func (m *Manager) InstallBackend(stage, backend, binDir, addr string, args ...string) error {
+	env := []string{"DICE_BIN=" + binDir, "DICE_ADDR=" + addr,
+		"DICE_ARGS=" + strings.Join(args, " "), "DICE_BACKEND=" + backend}
 	if out, err := m.script("run-stage", env, "--install", stage); err != nil {
 		return fmt.Errorf("scripts/run-stage --install %s: %v\n%s", stage, err, out)
+	}
+	return nil
+}
+
+// Query is the lines of scripts/run-stage's answer to a query about stage, such as
+// --units or --programs: the one place that reads a stage's units (see there).
+func Query(top, query, stage string) ([]string, error) {
+	out, err := exec.Command(filepath.Join(top, "scripts", "run-stage"), query, stage).Output()
+	if err != nil {
+		return nil, fmt.Errorf("scripts/run-stage %s %s: %w", query, stage, err)
+	}
+	return strings.Split(strings.TrimSuffix(string(out), "\n"), "\n"), nil
+}
+
+// Build builds programs into dir with the one recipe there is, `make build`.
+func Build(top, dir string, programs ...string) error {
+	cmd := exec.Command("make", "-s", "-C", top, "build", "BIN="+dir,
+		"PROGRAMS="+strings.Join(programs, " "))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("make build: %w\n%s", err, out)
 	}
 	return nil
 }
@@ -245,7 +273,7 @@ func (m *Manager) systemctl(combined bool, args ...string) ([]byte, error) {
 // DICE_REQUIRE_SYSTEMD=1.
 func unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
-	skipOrFail(t, "no real systemd user manager: "+fmt.Sprintf(format, args...))
+	SkipOrFail(t, "no real systemd user manager: "+fmt.Sprintf(format, args...))
 }
 
 // Need returns the path of a systemd tool the test cannot do without, such as
@@ -258,12 +286,14 @@ func Need(t testing.TB, program string) string {
 	}
 	path, err := exec.LookPath(program)
 	if err != nil {
-		skipOrFail(t, program+" is not installed (it comes with systemd)")
+		SkipOrFail(t, program+" is not installed (it comes with systemd)")
 	}
 	return path
 }
 
-func skipOrFail(t testing.TB, msg string) {
+// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI), for
+// something a test cannot do without, such as python3-flask for a Flask backend.
+func SkipOrFail(t testing.TB, msg string) {
 	t.Helper()
 	if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
 		t.Fatal(msg + "\n(failing, not skipping, because DICE_REQUIRE_SYSTEMD=1)")
@@ -279,10 +309,7 @@ func skipOrFail(t testing.TB, msg string) {
 func BuildStage(t testing.TB, stageDir string) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-buildvcs=false", "-o", dir, "./"+stageDir)
-	cmd.Dir = ModuleRoot(t)
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "go build ./%s:\n%s", stageDir, out)
+	require.NoError(t, Build(ModuleRoot(t), dir, stageDir))
 	return dir
 }
 
@@ -325,11 +352,4 @@ func processesWithEnv(entry string) []string {
 			string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
 	}
 	return found
-}
-
-// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI), for
-// something else a test cannot do without, such as python3-flask for a Flask backend.
-func SkipOrFail(t testing.TB, msg string) {
-	t.Helper()
-	skipOrFail(t, msg)
 }

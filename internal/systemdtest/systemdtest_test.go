@@ -110,3 +110,25 @@ func TestUnavailableSkipsUnlessRequired(t *testing.T) {
 		})
 	}
 }
+
+// TestStageQueries: which units start a stage and which programs it runs, as
+// scripts/run-stage answers for everyone.
+func TestStageQueries(t *testing.T) {
+	top := ModuleRoot(t)
+	for _, tt := range []struct{ stage, units, programs string }{
+		{"01-always-on", "dice.service", "dice.service 01-always-on -addr 127.0.0.1:8080"},
+		{"04-accept-yes", "dice.socket", "dice@.service 04-accept-yes"},
+		{"05-socket-proxyd", "dice.socket", "dice-backend.service 01-always-on -addr 127.0.0.1:${PORT}"},
+	} {
+		t.Run(tt.stage, func(t *testing.T) {
+			units, err := Query(top, "--units", tt.stage)
+			require.NoError(t, err)
+			assert.Equal(t, []string{tt.units}, units)
+			programs, err := Query(top, "--programs", tt.stage)
+			require.NoError(t, err)
+			assert.Equal(t, []string{tt.programs}, programs)
+		})
+	}
+	_, err := Query(top, "--units", "no-such-stage")
+	assert.Error(t, err)
+}

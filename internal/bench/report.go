@@ -1,0 +1,350 @@
+package main
+
+import (
+	_ "embed"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+
+	"socket-dice/internal/systemdtest"
+)
+
+//go:embed report.tmpl
+var measureTemplate string
+
+// region is a generated part of docs/bench.md, <!-- bench:name -->…<!-- /bench -->, its
+// markers on lines of their own (a table, a paragraph) or within a sentence (a figure).
+var region = regexp.MustCompile(`(?s)(<!-- bench:([a-z0-9]+) -->\n?).*?(\n?<!-- /bench -->)`)
+
+// write prints the RSS table (-measure), or writes bench.md (docs/bench.md, regions
+// filled), bench.svg and bench-day.svg into docs/ (-quick: a new temporary directory).
+func write() (err error) {
+	if *measure {
+		return template.Must(template.New("").Parse(measureTemplate)).Execute(os.Stdout, figures())
+	}
+	md, err := fill()
+	dir := "docs"
+	if err == nil && *quick {
+		dir, err = os.MkdirTemp("", "dice-bench-out-")
+	}
+	logf("the run took %s; writing bench.md, bench.svg and bench-day.svg in %s",
+		time.Since(started).Round(time.Second), dir)
+	day := func(title string, calls int) panel {
+		return panel{title + " calls a day", " MiB·h", "rss",
+			func(t *target) float64 { return mibh(t, calls) }}
+	}
+	for name, text := range map[string]string{"bench.md": md,
+		"bench.svg": svg(fmt.Sprintf("socket-dice: memory and cold start (%s, %d CPUs, %s)",
+			started.UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version()),
+			panel{fmt.Sprintf("RSS after %d requests", requests), " MiB", "rss",
+				func(t *target) float64 { return float64(t.rss[2].kib) / 1024 }},
+			panel{"Cold first response, p50", " ms", "cold",
+				func(t *target) float64 { return float64(t.cold.p(50)) / 1e6 }}),
+		"bench-day.svg": svg("Memory × time a day, calls spread over the day (MiB·h)",
+			day("10", 10), day("1,000", 1000)),
+	} {
+		if err == nil {
+			err = os.WriteFile(dir+"/"+name, []byte(text), 0o644)
+		}
+	}
+	return err
+}
+
+// fill is docs/bench.md with each region's content replaced by the figure of its
+// name; it fails if a figure has no region there.
+func fill() (string, error) {
+	md, err := os.ReadFile("docs/bench.md")
+	values := figures()
+	missing := maps.Clone(values)
+	out := region.ReplaceAllStringFunc(string(md), func(r string) string {
+		m := region.FindStringSubmatch(r)
+		if value, ok := values[m[2]]; ok {
+			delete(missing, m[2])
+			return m[1] + strings.TrimSuffix(value, "\n") + m[3]
+		}
+		return r // not a figure: left as it is
+	})
+	if err == nil && len(missing) > 0 {
+		err = fmt.Errorf("docs/bench.md has no region <!-- bench:NAME -->…<!-- /bench --> "+
+			"for %s: the run would leave these figures out", slices.Sorted(maps.Keys(missing)))
+	}
+	return out, err
+}
+
+// figures are what bench.md shows between markers, by name, and -measure's template
+// some of them: the machine, the run's settings, the tables.
+func figures() map[string]string {
+	var sizes []string
+	for _, bin := range []string{"bin", "floor", "cfloor"} {
+		programs, _ := os.ReadDir(tmp + "/" + bin)
+		for _, p := range programs {
+			if fi, err := p.Info(); err == nil {
+				sizes = append(sizes, fmt.Sprintf("%s/%s %.1f MB", bin, p.Name(),
+					float64(fi.Size())/1e6))
+			}
+		}
+	}
+	kind, cpu := "full run", "?"
+	if *quick {
+		kind = "**a quick smoke run: numbers not meaningful**"
+	}
+	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		if _, after, ok := strings.Cut(string(info), "model name"); ok {
+			_, cpu, _ = strings.Cut(strings.SplitN(after, "\n", 2)[0], ":")
+		}
+	}
+	return map[string]string{
+		"kind":    kind,
+		"date":    started.UTC().Format("2006-01-02 15:04 UTC"),
+		"cpus":    fmt.Sprint(runtime.NumCPU()),
+		"cpu":     strings.TrimSpace(cpu),
+		"kernel":  procFile("sys/kernel/osrelease"),
+		"go":      runtime.Version(),
+		"systemd": strings.Fields(output("systemctl", "--version") + " ? ?")[1],
+		"flask": output(python, "-c", "import sys, importlib.metadata as m; "+
+			"print(m.version('flask'), '(Python', sys.version.split()[0]+')')"),
+		"load0": load0, "load1": loadavg(), "took": time.Since(started).Round(time.Second).String(),
+		"build": "`" + buildCommand + "`", "sizes": strings.Join(sizes, ", "),
+		"idle": idle.String(), "requests": fmt.Sprint(requests), "starts": fmt.Sprint(starts),
+		"rounds": fmt.Sprint(rounds), "clients": fmt.Sprint(clients),
+		"warmtime": warmDur.String(), "conntime": connDur.String(),
+		"idle03": span(committedIdle("03-idle-exit")),
+		"idle05": span(committedIdle("05-socket-proxyd")),
+		"goals":  table("| goal | measured | |", goals()),
+		"rss": table(fmt.Sprintf("| stage | started, no request yet | after the 1st request "+
+			"| after %d requests | connection closed |", requests), cells("rss",
+			func(t *target) []string {
+				return []string{t.rss[0].String(), t.rss[1].String(), t.rss[2].String(),
+					t.rss[3].String()}
+			})),
+		"cold": table("| | p50 | p95 | n | failed |", cells("cold", func(t *target) []string {
+			return []string{ms(t.cold.p(50)), ms(t.cold.p(95)), fmt.Sprint(len(t.cold.times)),
+				failures(t.cold)}
+		})),
+		"warm": table("| | requests/s | ratio to 01 | to 02 | failed |", cells("warm",
+			func(t *target) []string {
+				return []string{fmt.Sprintf("%.0f", t.warm.rate()), ratio(t.warm, get("01").warm),
+					ratio(t.warm, get("02").warm), failures(t.warm)}
+			})),
+		"conn": table("| | connections/s | failed | ratio to the Go floor | to the C floor |",
+			cells("conn", func(t *target) []string {
+				return []string{fmt.Sprintf("%.0f", t.conn.rate()), failures(t.conn),
+					ratio(t.conn, get("f04").conn), ratio(t.conn, get("c04").conn)}
+			})),
+		"day": table("| | active a day, 10 calls | MiB·h | active a day, 1,000 calls | MiB·h |",
+			cells("rss", func(t *target) []string {
+				return []string{span(active(t, 10)), num(mibh(t, 10)), span(active(t, 1000)),
+					num(mibh(t, 1000))}
+			})),
+	}
+}
+
+// cells is a row per target of table: its label, then cells(t).
+func cells(table string, cells func(*target) []string) (r [][]string) {
+	for _, t := range rows(table) {
+		r = append(r, append([]string{t.label}, cells(t)...))
+	}
+	return r
+}
+
+// table is a Markdown table: header, then rows.
+func table(header string, rows [][]string) string {
+	s := header + "\n" + strings.Repeat("|---", strings.Count(header, "|")-1) + "|\n"
+	for _, cells := range rows {
+		s += "| " + strings.Join(cells, " | ") + " |\n"
+	}
+	return s
+}
+
+// goals are the project's goals, each as goal, measured figures, verdict.
+func goals() (g [][]string) {
+	add := func(goal string, met bool, format string, args ...any) {
+		verdict := "**missed**"
+		if met {
+			verdict = "**met**"
+		}
+		g = append(g, []string{goal, fmt.Sprintf(format, args...), verdict})
+	}
+	idle := 0
+	for _, k := range []string{"02", "03", "04", "05", "05f"} {
+		if t := get(k); t.exits {
+			idle += t.rss[0].procs + t.rss[3].procs
+		} else {
+			idle += t.rss[0].procs
+		}
+	}
+	add("P1 stages 02–05 idle: no process, 0 KiB", idle == 0, "%d processes before the first "+
+		"request (02–05) and after idle or close (03–05)", idle)
+	goMax, flask := 0, get("flask").rss[2].kib
+	for _, k := range []string{"01", "02", "03", "04"} {
+		goMax = max(goMax, get(k).rss[1].kib, get(k).rss[2].kib)
+	}
+	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask, "largest Go stage %d KiB / Flask "+
+		"%d KiB (after %d requests) = %.2f×", goMax, flask, requests, float64(goMax)/float64(flask))
+	fl := get("fs").cold.p(50) // Flask timed as the stages are, from the client's connect
+	for _, k := range []string{"02", "03", "04"} {
+		s, f := get(k).cold, get("f"+k).cold.p(50)
+		x, y := float64(s.p(50))/float64(f), float64(s.p(50))/float64(fl)
+		add("P2 "+k+" cold ≤ 1.5× floor, ≤ 0.1× socket-activated Flask",
+			x <= 1.5 && y <= 0.1 && s.failed == 0,
+			"p50 %s vs floor %s = %.2f×; vs Flask %s = %.3f×", ms(s.p(50)), ms(f), x, ms(fl), y)
+	}
+	base := get("01").warm
+	for _, k := range []string{"02", "03"} {
+		w := get(k).warm
+		add("P3 warm throughput "+k+"/01 ≥ 0.95", w.rate() >= 0.95*base.rate() && w.failed == 0,
+			"%.0f / %.0f req/s = %.2f", w.rate(), base.rate(), w.rate()/base.rate())
+	}
+	s, f, c := get("04").conn, get("f04").conn, get("c04").conn
+	add("P4 stage 04 ≥ 0.9× the Go floor's connections/s, 0 failures",
+		s.rate() >= 0.9*f.rate() && s.failed == 0,
+		"%.0f / %.0f conn/s = %.2f×, %d failed", s.rate(), f.rate(), s.rate()/f.rate(), s.failed)
+	if c.ok > 0 {
+		add("P4 stage 04 ≥ 0.85× the C floor's connections/s", s.rate() >= 0.85*c.rate(),
+			"%.0f / %.0f conn/s = %.2f×", s.rate(), c.rate(), s.rate()/c.rate())
+	}
+	re := get("03").cold
+	listening := get("03").m != nil && get("03").listening()
+	add("P5 stage 03 re-activated after every idle exit, 0 failures", re.failed == 0 &&
+		listening, "%d of %d cold starts answered, each by a new process; socket listening: %v",
+		re.ok, re.ok+re.failed, listening)
+	return g
+}
+
+// active is how long t's processes run in a day of calls spread evenly over 24 h, as
+// docs/bench.md's "What it saves in a day" says.
+func active(t *target, calls int) time.Duration {
+	if !t.exits {
+		return 24 * time.Hour
+	}
+	gap := 24 * time.Hour / time.Duration(calls)
+	return time.Duration(calls) * min(gap, t.cold.p(50)+committedIdle(t.stage))
+}
+
+// mibh is memory × time, in MiB·h, that t holds in such a day: with its RSS after
+// the 1st request, but for more than 10 calls after n requests if it stays.
+func mibh(t *target, calls int) float64 {
+	phase := 1
+	if calls > 10 && !t.exits {
+		phase = 2
+	}
+	return float64(t.rss[phase].kib) / 1024 * active(t, calls).Hours()
+}
+
+// idleFlag is the idle time in a committed ExecStart=: 03's -idle, 05's proxy's
+// --exit-idle-time.
+var idleFlag = regexp.MustCompile(`(?:-idle |--exit-idle-time=)(\S+)`)
+
+// committedIdle is the idle time in the committed units of stage; 0 if none.
+func committedIdle(stage string) time.Duration {
+	execs, _ := systemdtest.Query(top, "--execs", stage)
+	for _, line := range execs {
+		if m := idleFlag.FindStringSubmatch(line); m != nil {
+			d, _ := time.ParseDuration(m[1])
+			return d
+		}
+	}
+	return 0
+}
+
+// panel is one bar chart of an image: a bar per row of table, value(t) long.
+type panel struct {
+	title, unit, table string
+	value              func(*target) float64
+}
+
+// svg is an image of panels side by side, as tall as the longest; Flask's bars orange.
+func svg(title string, panels ...panel) string {
+	bars, s := 0, ""
+	for i, p := range panels {
+		longest := 0.0
+		for _, t := range rows(p.table) {
+			longest = max(longest, p.value(t))
+		}
+		s += fmt.Sprintf(`<g transform="translate(%d 0)"><text y="52" font-weight="bold">%s`+
+			"</text>\n", 10+470*i, p.title)
+		for j, t := range rows(p.table) {
+			width, color := p.value(t)/longest*200, "#4292c6"
+			if t.flask {
+				color = "#fd8d3c"
+			}
+			s += fmt.Sprintf(`<g transform="translate(0 %d)"><text x="180" y="13" `+
+				`text-anchor="end">%s</text><rect x="185" width="%.1f" height="18" fill="%s"/>`+
+				`<text x="189" dx="%.1f" y="13">%s%s</text></g>`+"\n", 64+26*j, t.label, width,
+				color, width, num(p.value(t)), p.unit)
+			bars = max(bars, j+1)
+		}
+		s += "</g>\n"
+	}
+	return fmt.Sprintf(`<svg xmlns="http://www.w3.org/2000/svg" width="940" height="%d" `+
+		`font-family="sans-serif" font-size="12">`+"\n"+`<rect width="100%%" height="100%%" `+
+		`fill="white"/>`+"\n"+`<text x="10" y="22" font-size="15" font-weight="bold">%s</text>`+
+		"\n%s</svg>\n", 74+26*bars, title, s)
+}
+
+// output is the trimmed standard output of a command, "?" if it fails.
+func output(name string, args ...string) string {
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// procFile is the trimmed content of /proc/name, "?" if it cannot be read.
+func procFile(name string) string {
+	data, err := os.ReadFile("/proc/" + name)
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// loadavg is the load average over 1, 5 and 15 minutes.
+func loadavg() string { return strings.Join(strings.Fields(procFile("loadavg") + " ? ? ?")[:3], " ") }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
+
+// num is v with 3 significant digits, without an exponent: 31.6, 0.0000833, 1234.
+func num(v float64) string {
+	if v >= 1000 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	f, _ := strconv.ParseFloat(fmt.Sprintf("%.3g", v), 64)
+	return strconv.FormatFloat(f, 'f', -1, 64)
+}
+
+// span is d in the unit a reader would say it in: 24 h, 5.1 min, 0.52 s.
+func span(d time.Duration) string {
+	switch {
+	case d >= time.Hour:
+		return num(d.Hours()) + " h"
+	case d >= time.Minute:
+		return num(d.Minutes()) + " min"
+	}
+	return num(d.Seconds()) + " s"
+}
+
+// failures is the count of failures and the first error.
+func failures(s sample) string {
+	if s.err == nil {
+		return fmt.Sprint(s.failed)
+	}
+	return fmt.Sprintf("%d (first error: %v)", s.failed, s.err)
+}
+
+// ratio is a's rate to b's, "–" when b was not measured.
+func ratio(a, b sample) string {
+	if b.ok == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", a.rate()/b.rate())
+}

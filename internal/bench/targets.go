@@ -1,0 +1,305 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"socket-dice/internal/systemdtest"
+)
+
+// python is Debian's, with python3-flask; not a venv's on PATH.
+const python = "/usr/bin/python3"
+
+// target is one thing measured (a stage, a floor or Flask) in a systemd user manager
+// of its own, and what was measured of it.
+type target struct {
+	key, label string
+	stage      string   // its units: units/<stage>/; "" for always-on Flask
+	bin        string   // the directory in tmp of the programs its units run: bin, floor, cfloor
+	in         []string // the tables it is a row of: rss, cold, warm, conn (report.go)
+	dropIns    []string // unit, content, ...: what the run changes besides binary and port
+	exits      bool     // its service exits by itself: when idle (03, 05), after its request (04)
+	args       []string // appended to the committed ExecStart= of its program (03's -idle)
+	backend    string   // stage 05's app: "" (stage 01's program) or "flask"
+	unix       string   // requests go to this unix socket, below XDG_RUNTIME_DIR, not TCP
+	flask      bool     // the app is the post's dice.py (a label with "Flask"): orange in charts
+
+	port  int
+	entry []string // the units that start it (scripts/run-stage --units)
+	m     *systemdtest.Manager
+
+	rss              [4]rss // started, after the 1st request, after n, connection closed
+	cold, warm, conn sample
+}
+
+// addTargets adds what is measured, each on a port of its own from 18100, in the order
+// of the tables' rows. -measure leaves out the floors; without Flask, its rows go.
+//
+// A new stage adds its rows here: add(key, label, stage, bin, tables, dropIns...) per
+// row, then what else it needs (exits, args, unix). Its units come from units/<stage>/
+// as scripts/run-stage installs them. Its tables: "rss", "cold", "warm", "conn", or a
+// new one: a region in docs/bench.md, a figure in report.go's figures(), a measurement
+// (alternate) in load.go's measureLoads.
+func addTargets() {
+	add := func(key, label, stage, bin string, in []string, dropIns ...string) *target {
+		t := &target{key: key, label: label, stage: stage, bin: bin, in: in, dropIns: dropIns,
+			port: 18100 + len(targets), flask: strings.Contains(label, "Flask")}
+		if !(t.flask && !flaskOK || *measure && strings.HasSuffix(bin, "floor")) {
+			targets = append(targets, t)
+		}
+		return t
+	}
+	all, cold := []string{"rss", "cold", "warm"}, []string{"cold"}
+	// Timing cold starts stops 02's service 30 times in a row: the default start limit
+	// (5 starts in 10 s) would fail it after 5. 03's units size their own.
+	noLimit := "# bench: stopped and started 30 times.\n[Unit]\nStartLimitIntervalSec=0\n"
+	add("01", "01-always-on", "01-always-on", "bin", []string{"rss", "warm"})
+	add("02", "02-socket-activated", "02-socket-activated", "bin", all, "dice.service", noLimit)
+	t := add("03", "03-idle-exit", "03-idle-exit", "bin", all)
+	t.exits, t.args = true, []string{"-idle", idle.String()}
+	add("04", "04-accept-yes", "04-accept-yes", "bin", []string{"rss", "cold", "conn"}).exits = true
+	// 05 with stage 01's program behind the proxy, and with the post's dice.py; the
+	// proxy's idle time is at least 1 s (docs/bench.md says why).
+	for _, key := range []string{"05", "05f"} {
+		app := 18150 + len(targets)
+		t := add(key, map[string]string{"05": "05-socket-proxyd", "05f": "05, Flask backend"}[key],
+			"05-socket-proxyd", "bin", all, "dice-proxy.service", fmt.Sprintf("# bench: "+
+				"another idle time and port.\n[Service]\nExecStart=\nExecStart=/usr/lib/systemd/"+
+				"systemd-socket-proxyd --exit-idle-time=%s 127.0.0.1:%d\n",
+				max(idle, time.Second), app),
+			"dice-backend.service", fmt.Sprintf("# bench: another port.\n[Service]\n"+
+				"Environment=PORT=%d\n", app))
+		t.exits = true
+		if t.flask {
+			t.backend = "flask"
+		}
+	}
+	// The post's next step: its dice.py on fd 3 (flask/activated.py), under 02's units.
+	add("fs", "Flask, socket-activated", "02-socket-activated", "bin", all, "dice.service",
+		noLimit+"[Service]\nEnvironment=PYTHONPATH="+top+"/05-socket-proxyd "+
+			"PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+python+" "+top+
+			"/internal/bench/flask/activated.py\n")
+	add("f02", "floor, 02's units", "02-socket-activated", "floor", cold, "dice.service", noLimit)
+	add("f03", "floor, 03's units", "03-idle-exit", "floor", cold).exits = true
+	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
+	add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", []string{"cold", "conn"}).exits = true
+	// Not a stage: flask/dice-flask.service as it is, run on this checkout's dice.py.
+	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
+		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
+			"ExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run --host 127.0.0.1 "+
+			"--port %d\n", python, top, 18100+len(targets)))
+}
+
+// flaskOK tells whether the post's Flask app can run here: Debian's python3 with Flask.
+var flaskOK = exec.Command(python, "-c", "import flask").Run() == nil
+
+// get is the target key, or an empty one (nothing measured) if there is none.
+func get(key string) *target {
+	for _, t := range targets {
+		if t.key == key {
+			return t
+		}
+	}
+	return &target{}
+}
+
+// rows are the targets that are rows of table, in order.
+func rows(table string) (ts []*target) {
+	for _, t := range targets {
+		if slices.Contains(t.in, table) {
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+// build builds the programs the targets' units run into tmp/<bin>/ with `make build`:
+// every stage's into bin/, the Go floor into floor/ (named as the stages' programs it
+// stands in for); the C floor with cc, where there is one (else its rows go).
+func build() error {
+	err := errors.Join(makeBuild(tmp+"/bin", ""), os.Mkdir(tmp+"/cfloor", 0o755))
+	for _, t := range slices.Clone(targets) {
+		switch {
+		case err != nil:
+		case t.bin == "floor":
+			err = makeBuild(tmp+"/floor", "internal/bench/floor", t.programs()...)
+		case t.bin == "cfloor" && command("cc", "-static", "-O2", "-o", tmp+"/cfloor/"+
+			t.programs()[0], "internal/bench/cfloor/floor.c") != nil:
+			logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc)")
+			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
+		}
+	}
+	return err
+}
+
+// buildCommand is the command `make build` ran, as it shows it, without its -o.
+var buildCommand string
+
+// makeBuild runs `make build` into dir: the programs named (all if none), from the
+// package pkg if not empty.
+func makeBuild(dir, pkg string, programs ...string) error {
+	args := []string{"-s", "build", "BIN=" + dir, "PKG=" + pkg}
+	if len(programs) > 0 {
+		args = append(args, "PROGRAMS="+strings.Join(programs, " "))
+	}
+	out, err := exec.Command("make", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("make build: %w\n%s", err, out)
+	}
+	buildCommand, _, _ = strings.Cut(string(out), " -o ")
+	return nil
+}
+
+// programs are the programs t's units run, as scripts/run-stage --programs says.
+func (t *target) programs() (p []string) {
+	lines, _ := systemdtest.Query(top, "--programs", t.stage)
+	for _, line := range lines {
+		if fields := strings.Fields(line); len(fields) > 1 {
+			p = append(p, fields[1])
+		}
+	}
+	return p
+}
+
+// install starts the target's manager, puts its units in place with their drop-ins
+// and starts its sockets.
+func (t *target) install() (err error) {
+	if t.m, err = systemdtest.Start(top, tmp+"/"+t.key); err != nil {
+		return err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(t.port)
+	switch {
+	case t.stage == "":
+		t.entry = []string{"dice-flask.service"}
+		dir := t.m.RuntimeDir() + "/systemd/user"
+		unit, err := os.ReadFile("internal/bench/flask/dice-flask.service")
+		if err = errors.Join(err, os.MkdirAll(dir, 0o755)); err != nil {
+			return err
+		}
+		if err = os.WriteFile(dir+"/dice-flask.service", unit, 0o644); err != nil {
+			return err
+		}
+	case t.stage == "01-always-on": // no socket: the address is the program's -addr
+		err = t.m.InstallStage(t.stage, tmp+"/"+t.bin, "", append(t.args, "-addr", addr)...)
+	default:
+		err = t.m.InstallBackend(t.stage, t.backend, tmp+"/"+t.bin, addr, t.args...)
+	}
+	if err == nil && t.stage != "" {
+		var units []string
+		units, err = systemdtest.Query(top, "--units", t.stage)
+		t.entry = strings.Fields(strings.Join(units, " "))
+	}
+	// zz-bench sorts after run-stage.conf, whose ExecStart= it may replace.
+	for i := 0; err == nil && i < len(t.dropIns); i += 2 {
+		err = t.m.DropIn(t.dropIns[i], "zz-bench", t.dropIns[i+1])
+	}
+	if err == nil && t.socketActivated() {
+		err = t.systemctl(append([]string{"start"}, t.entry...)...)
+	}
+	return err
+}
+
+// socketActivated tells whether sockets start the target.
+func (t *target) socketActivated() bool {
+	return len(t.entry) > 0 && strings.HasSuffix(t.entry[0], ".socket")
+}
+
+// stopAll stops the targets' managers, with their units and processes.
+func stopAll() {
+	for _, t := range targets {
+		if t.m != nil {
+			if err := t.m.Stop(); err != nil {
+				logf("%s: %v", t.label, err)
+			}
+		}
+	}
+}
+
+// systemctl runs `systemctl --user args...` in the target's manager.
+func (t *target) systemctl(args ...string) error {
+	if out, err := t.m.Systemctl(args...); err != nil {
+		return fmt.Errorf("systemctl --user %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// start starts an always-on service (01, Flask) and waits until its port listens.
+func (t *target) start() error {
+	if t.socketActivated() {
+		return nil
+	}
+	if err := t.systemctl(append([]string{"start"}, t.entry...)...); err != nil {
+		return err
+	}
+	return waitFor(20*time.Second, t.label+" to listen", func() bool {
+		tcp, _ := os.ReadFile("/proc/net/tcp") // 0A: listening
+		return strings.Contains(string(tcp), fmt.Sprintf(" 0100007F:%04X 00000000:0000 0A", t.port))
+	})
+}
+
+// stop stops the target's services, unless they exit by themselves, and waits until
+// systemd reports all of them inactive and its sockets listening again.
+func (t *target) stop() error {
+	if !t.exits {
+		if err := t.systemctl("stop", "dice*.service"); err != nil {
+			return err
+		}
+	}
+	return waitFor(30*time.Second, t.label+" to have no service running", t.quiet)
+}
+
+// quiet tells whether systemd reports no service of the target active, and its
+// sockets listening.
+func (t *target) quiet() bool {
+	states, err := t.m.Prop("dice*.service", "ActiveState")
+	for _, state := range strings.Fields(states) {
+		if state != "inactive" && state != "failed" {
+			return false
+		}
+	}
+	return err == nil && (!t.socketActivated() || t.listening())
+}
+
+// listening tells whether every socket of the target listens.
+func (t *target) listening() bool {
+	states, err := t.m.Prop("dice*.socket", "SubState")
+	for _, state := range strings.Fields(states) {
+		if state != "listening" {
+			return false
+		}
+	}
+	return err == nil && states != ""
+}
+
+// memory is the target's processes, the main process of each dice service (04's
+// instances, 05's proxy and app) and their children (a container's), and their RSS:
+// VmRSS, what `ps -o rss=` shows.
+func (t *target) memory() (r rss) {
+	pids, _ := t.m.Prop("dice*.service", "MainPID")
+	for todo := strings.Fields(pids); len(todo) > 0; todo = todo[1:] {
+		status, err := os.ReadFile("/proc/" + todo[0] + "/status")
+		if _, value, ok := strings.Cut(string(status), "VmRSS:"); err == nil && ok {
+			kib, _ := strconv.Atoi(strings.Fields(value)[0])
+			r.procs, r.kib = r.procs+1, r.kib+kib
+			children, _ := os.ReadFile("/proc/" + todo[0] + "/task/" + todo[0] + "/children")
+			todo = append(todo, strings.Fields(string(children))...)
+		}
+	}
+	return r
+}
+
+// waitFor polls cond, as often as systemctl answers, until it holds or timeout passes.
+func waitFor(timeout time.Duration, what string, cond func() bool) error {
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s waiting for %s", timeout, what)
+		}
+	}
+	return nil
+}
