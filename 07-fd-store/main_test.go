@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -75,5 +76,57 @@ func TestKeepAliveHoldsIt(t *testing.T) {
 		assert.NoError(t, err)
 	case <-time.After(5 * time.Second):
 		t.Fatal("still running 5 s after the connection closed")
+	}
+}
+
+// TestTakesBackStoredConnections passes, after the listening socket, a connection
+// named "keepalive", as systemd passes one from the fd store: the stage answers a
+// request on it, and on a new connection too.
+func TestTakesBackStoredConnections(t *testing.T) {
+	ln := stagetest.TCPListener(t)
+	server, client := stagetest.TCPConn(t)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln), stagetest.File(t, server)},
+		[]string{"LISTEN_FDNAMES=dice.socket:keepalive"}, "-idle", "300ms")
+	exited := stagetest.Start(t, cmd)
+	server.Close() // The stage holds it now, as systemd's copy is dropped.
+
+	pids := dicetest.KeepAliveRolls(t, client, 2)
+	assert.Equal(t, []string{strconv.Itoa(cmd.Process.Pid), strconv.Itoa(cmd.Process.Pid)}, pids)
+	status, pid, _ := dicetest.Roll(t, dicetest.NewConn, "http://"+ln.Addr().String())
+	assert.Equal(t, http.StatusOK, status)
+	assert.Equal(t, cmd.Process.Pid, pid)
+	require.NoError(t, client.Close())
+	select {
+	case err := <-exited:
+		assert.NoError(t, err, "exit status 0 when idle")
+	case <-time.After(5 * time.Second):
+		t.Fatal("still running 5 s after the last connection closed, with -idle 300ms")
+	}
+}
+
+// TestWrongActivation: what systemd passes must be one listening socket, and stored
+// connections; anything else is refused with what to change.
+func TestWrongActivation(t *testing.T) {
+	server, _ := stagetest.TCPConn(t)
+	for _, tt := range []struct {
+		name  string
+		files []*os.File
+		names string
+		says  string
+	}{
+		{"no listening socket", []*os.File{stagetest.File(t, server)}, "keepalive",
+			"0 sockets besides the stored connections"},
+		{"two listening sockets", []*os.File{stagetest.File(t, stagetest.TCPListener(t)),
+			stagetest.File(t, stagetest.TCPListener(t))}, "a:b", "give the socket unit one ListenStream="},
+		{"Accept=yes", []*os.File{stagetest.File(t, server)}, "connection", "Accept=yes"},
+		{"a datagram socket", []*os.File{stagetest.File(t, stagetest.UDPConn(t))}, "dice.socket",
+			"not a stream socket"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := stagetest.Exit(t, stagetest.Activated(tt.files,
+				[]string{"LISTEN_FDNAMES=" + tt.names}, "-idle", "1s"))
+			assert.Equal(t, 1, code)
+			assert.Contains(t, out, tt.says)
+		})
 	}
 }
