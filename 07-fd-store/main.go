@@ -30,13 +30,7 @@ func main() {
 }
 
 func run(idle time.Duration, log *slog.Logger) error {
-	// systemd sets LISTEN_FDS and LISTEN_PID=<our pid>; checkEnv explains if it did not.
-	if err := checkEnv(); err != nil {
-		return err
-	}
-	// New in this stage: fd 3 is dice.socket; after it come the connections that the
-	// instance before left in systemd's fd store, named "keepalive" in LISTEN_FDNAMES.
-	ln, taken, err := split(activation.Files(true))
+	ln, taken, err := listener()
 	if err != nil {
 		return err
 	}
@@ -51,10 +45,22 @@ func run(idle time.Duration, log *slog.Logger) error {
 	return serve(ctx, ln, taken, &dice.Handler{Log: log}, log, idle, store)
 }
 
-// serve answers rolls on ln and on the connections taken back until ctx is done or
-// no connection has been open for idle; then it hands the open connections to store.
+// listener takes dice.socket's port as fd 3, and the connections that follow it.
+func listener() (net.Listener, []net.Conn, error) {
+	// systemd sets LISTEN_FDS and LISTEN_PID=<our pid>; checkEnv explains if it did not.
+	if err := checkEnv(); err != nil {
+		return nil, nil, err
+	}
+	// New in this stage: stored connections come after the socket, named "keepalive"
+	// in LISTEN_FDNAMES. Files unsets LISTEN_* so that no child takes them for its own.
+	return split(activation.Files(true))
+}
+
+// serve answers rolls on ln and on the connections taken back until ctx is done, then
+// stops accepting, lets the requests in flight finish and hands the connections over.
 func serve(ctx context.Context, ln net.Listener, taken []net.Conn, h *dice.Handler,
 	log *slog.Logger, idle time.Duration, store *fdStore) error {
+	// Once no connection has been open for idle, serve ends as if stopped (stage 03).
 	ctx, exit := context.WithCancel(ctx)
 	defer exit()
 	srv := dice.NewServer(h, log)
@@ -63,10 +69,12 @@ func serve(ctx context.Context, ln net.Listener, taken []net.Conn, h *dice.Handl
 		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 		exit()
 	}, func(open int) {
+		// `systemctl status dice.service` shows this line (Type=notify).
 		_, _ = daemon.SdNotify(false, fmt.Sprintf("STATUS=served %d rolls; %d connections "+
 			"open; exits after %s idle", h.Rolls(), open, idle))
 	}).ConnState
+	// READY=1 tells systemd (Type=notify) that the service is up.
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
-	// Each connection open at the stop goes to systemd, which gives it to the next instance.
+	// New in this stage: each connection open at the stop goes to systemd's fd store.
 	return serveAndHandOver(ctx, srv, ln, taken, store)
 }
