@@ -24,8 +24,9 @@ STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
 # Each stage builds on the one before it, except 04: one process per connection has
 # nothing to gain from an idle exit, so it builds on 02, as 03 does. And 05: the same
 # socket as 02, but in front of a proxy and an app that cannot take it (01's program).
-# 06, 07 and 08 each add one idea to 03.
-PREV  = $(patsubst %/,%,$(wildcard 0$(if $(filter 4 5,$(N)),2,$(if $(filter 6 7 8,$(N)),3,$(shell expr 0$(N) - 1)))-*/))
+# 06, 07 and 08 each add one idea to 03's idle exit.
+BASE  = $(or $(if $(filter 4 5,$(N)),2),$(if $(filter 6 7 8,$(N)),3),$(shell expr 0$(N) - 1))
+PREV  = $(patsubst %/,%,$(wildcard 0$(BASE)-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
 .PHONY: install-system uninstall-system test-system test-distros measure bench
@@ -43,15 +44,16 @@ build: ## build every stage into bin/<stage>
 		$(GOBUILD) -o $(BIN)/$$s ./$(or $(PKG),$$s) || exit 1; done
 
 # go test -race needs cgo, and so a C compiler; without one the tests run without it.
+# -parallel 8: the e2e tests mostly wait for systemd, each with a manager of its own.
 RACE := $(if $(shell command -v gcc || command -v cc),-race)
 
 test: ## gofmt, go vet and every test (the e2e ones under a real systemd)
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(if $(RACE),,@echo "no C compiler: the tests run without -race (apt-get install gcc)")
-	$(GO) test $(RACE) -count=1 ./...
+	$(GO) test $(RACE) -count=1 -parallel 8 ./...
 
-diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
+diff: ## diff N=3: what stage N adds to the one it builds on (04, 05: 02; 06-08: 03)
 	@test -n "$(STAGE)" && test -n "$(PREV)" || \
 		{ echo "usage: make diff 3   (compares stage 2 and 3; stages: $(STAGES))"; exit 2; }
 	@diff -ru --unidirectional-new-file --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
@@ -60,7 +62,9 @@ diff: ## diff N=3: what stage N adds to stage N-1, its Go and its units
 # BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy.
 run-stage: build ## run-stage 2: install stage 2's units as user units and start them
 	@test -n "$(STAGE)" || { echo "usage: make run-stage 2   (stages: $(STAGES))"; exit 2; }
-	$(if $(filter flask,$(BACKEND)),$(NEED_FLASK))
+	@test "$(BACKEND)" != flask || /usr/bin/python3 -c 'import flask' 2>/dev/null || { echo \
+		"BACKEND=flask needs Flask: apt-get install python3-flask (zypper install python3-Flask)"; \
+		exit 1; }
 	@DICE_BACKEND="$(BACKEND)" scripts/run-stage $(STAGE)
 
 stop-stage: ## stop the running stage, remove its units (and a private manager)
@@ -84,20 +88,16 @@ test-system: ## every stage as system units (install-system), in Debian 12 under
 test-distros: ## the README as a user in a login session, on Debian 12, 13 and testing
 	@scripts/test-distros $(DISTROS)
 
-# Both build the stages as `make build` does (CGO_ENABLED=0 is for that build) and run
-# each one, the floors and the blog's Flask app under a private systemd of its own.
-# The blog post's Flask app is measured too; Debian's python3-flask, not a venv's.
-NEED_FLASK = @/usr/bin/python3 -c 'import flask' 2>/dev/null || { echo "this needs Flask:" \
-	"apt-get install python3-flask (zypper install python3-Flask)" >&2; exit 1; }
-# make measure prints only the table on stdout; its progress goes to stderr.
+# Both build the stages with `make build` and run each one, the floors and the blog's
+# Flask app (Debian's python3-flask, not a venv's; without it, its rows are skipped)
+# under a private systemd of its own. make measure prints only the table on stdout;
+# its progress goes to stderr.
 measure: ## RSS of every stage and of the blog's Flask app, as a Markdown table
-	$(NEED_FLASK)
 	@CGO_ENABLED=0 $(GO) run ./internal/bench -measure
 
 # BENCH_QUICK=1: a smoke run (< 1 min) whose output goes to a temporary directory.
 BENCH_FLAGS ?= $(if $(BENCH_QUICK),-quick)
-bench: ## cold start, throughput, RSS side by side: docs/bench.md, docs/bench.svg
-	$(NEED_FLASK)
+bench: ## cold start, throughput, RSS side by side: docs/bench.md, the figures in the docs
 	CGO_ENABLED=0 $(GO) run ./internal/bench $(BENCH_FLAGS)
 
 clean: ## remove bin/

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -136,7 +135,7 @@ func TestKilledServiceLosesNoConnection(t *testing.T) {
 	require.NoError(t, manager.Signal(syscall.SIGSTOP))
 	// Should the test fail while the manager is frozen, the manager must still stop.
 	t.Cleanup(func() { _ = manager.Signal(syscall.SIGCONT) })
-	require.Eventually(t, func() bool { return procState(m.Pid()) == 'T' },
+	require.Eventually(t, func() bool { return systemdtest.ProcessState(m.Pid()) == 'T' },
 		10*time.Second, 10*time.Millisecond, "the manager is frozen")
 	require.NoError(t, syscall.Kill(second, syscall.SIGKILL))
 	require.Eventually(t, func() bool { return len(running(binary)) == 0 },
@@ -154,7 +153,9 @@ func TestKilledServiceLosesNoConnection(t *testing.T) {
 	}
 	assert.Empty(t, running(binary), "no process started while the manager is frozen")
 	for i, c := range conns {
-		assert.False(t, stagetest.Accepted(c), "connection %d waits in the backlog", i)
+		accepted, err := stagetest.Accepted(c)
+		require.NoError(t, err, "connection %d", i)
+		assert.False(t, accepted, "connection %d waits in the backlog", i)
 	}
 	require.NoError(t, manager.Signal(syscall.SIGCONT))
 
@@ -213,20 +214,6 @@ func running(binary string) []int {
 	}
 	slices.Sort(pids)
 	return pids
-}
-
-// procState is the state letter of process pid in /proc/pid/stat (R, S, T for
-// stopped, Z for zombie, ...), 0 when there is no such process.
-func procState(pid int) byte {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The state follows the command name, which is in parentheses.
-	if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) {
-		return stat[i+2]
-	}
-	return 0
 }
 
 // TestBusyPortFailsTheSocket: when another program holds the port, dice.socket cannot

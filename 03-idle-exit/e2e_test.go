@@ -58,6 +58,7 @@ func socketState(t *testing.T, m *systemdtest.Manager) string {
 // records a clean exit, not a failure), dice.socket goes on listening, and the next
 // connection is answered by a new process.
 func TestIdleExitUnderSystemd(t *testing.T) {
+	t.Parallel()
 	m, base := startStage(t, "", "-idle", "300ms")
 
 	// A keep-alive connection holds the service while we look at it.
@@ -101,6 +102,7 @@ func TestIdleExitUnderSystemd(t *testing.T) {
 // request is answered, by 30 different processes, and dice.socket never leaves the
 // listening (or, while an instance runs, running) state.
 func TestChurnReactivatesWithoutLoss(t *testing.T) {
+	t.Parallel()
 	m, base := startStage(t, "", "-idle", "200ms")
 	pids := map[int]bool{}
 	socketStates := map[string]int{}
@@ -136,6 +138,7 @@ func TestChurnReactivatesWithoutLoss(t *testing.T) {
 // one may fail. A burst answered by two processes shows that its requests straddled
 // an exit, i.e. that the test hit the window.
 func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
+	t.Parallel()
 	m, base := startStage(t, "", "-idle", "100ms")
 	const clients = 16
 	client := dicetest.NewConn
@@ -198,6 +201,7 @@ func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
 // connects and sends nothing is cut off after dice.ReadHeaderTimeout, and the
 // service exits -idle later.
 func TestOnlyARealClientHoldsTheService(t *testing.T) {
+	t.Parallel()
 	m, base := startStage(t, "", "-idle", "300ms")
 	addr := strings.TrimPrefix(base, "http://")
 
@@ -250,6 +254,7 @@ func TestOnlyARealClientHoldsTheService(t *testing.T) {
 // requests are refused until someone restarts it. (The default interval is 10 s;
 // the test's drop-in makes it an hour, so that a slow machine hits the limit too.)
 func TestDefaultStartLimitFailsTheSocket(t *testing.T) {
+	t.Parallel()
 	m, base := startStage(t, "[Unit]\nStartLimitIntervalSec=1h\nStartLimitBurst=5\n",
 		"-idle", "200ms")
 	require.Equal(t, "1h", m.Show(t, "dice.service", "StartLimitIntervalUSec"))
@@ -282,6 +287,7 @@ func TestDefaultStartLimitFailsTheSocket(t *testing.T) {
 // TestStatusLine proves that the service keeps systemd informed (Type=notify,
 // STATUS=): `systemctl --user status dice.service` shows how many rolls it served.
 func TestStatusLine(t *testing.T) {
+	t.Parallel()
 	m, base := startStage(t, "") // The unit's own -idle 30s.
 	client := dicetest.NewConn
 	for range 3 {
@@ -298,6 +304,7 @@ func TestStatusLine(t *testing.T) {
 // TestBadRequestsUnderSystemd sends every bad request to the socket-activated
 // service: each gets its 4xx JSON error, and the same process goes on serving.
 func TestBadRequestsUnderSystemd(t *testing.T) {
+	t.Parallel()
 	m, base := startStage(t, "") // The unit's own -idle 30s.
 	defer http.DefaultClient.CloseIdleConnections()
 	pid, err := dicetest.TryRoll(dicetest.NewConn, base)
@@ -314,6 +321,7 @@ func TestBadRequestsUnderSystemd(t *testing.T) {
 // it. Not one request fails, and the unit's start limit leaves room for the restarts
 // on top of the idle exits.
 func TestRestartsUnderLoadLoseNothing(t *testing.T) {
+	t.Parallel()
 	m, base := startStage(t, "") // The unit's own -idle 30s.
 	stagetest.RestartsUnderLoad(t, m, base, 6)
 }

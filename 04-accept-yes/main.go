@@ -32,7 +32,7 @@ func run(log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log.Info("serving", "remote", c.RemoteAddr().String(), "pid", os.Getpid())
-	return serve(ctx, c, &dice.Handler{Log: log}, log)
+	return serve(ctx, c, dice.NewServer(&dice.Handler{Log: log}, log))
 }
 
 // New in this stage: with Accept=yes, systemd accepts each connection itself and
@@ -46,12 +46,11 @@ func conn() (net.Conn, error) {
 	return oneConn(activation.Files(true))
 }
 
-// serve answers the requests on c, keep-alive ones included, until the client
-// closes it, a timeout does, or ctx is done; then the process exits.
-func serve(ctx context.Context, c net.Conn, h http.Handler, log *slog.Logger) error {
+// serve answers the requests on c with srv, keep-alive ones included, until the
+// client closes it, a timeout of srv does, or ctx is done; then the process exits.
+func serve(ctx context.Context, c net.Conn, srv *http.Server) error {
 	ctx, closed := context.WithCancel(ctx)
 	defer closed()
-	srv := dice.NewServer(h, log)
 	// ReadHeaderTimeout and IdleTimeout close a silent connection, ending the process.
 	srv.ConnState = func(_ net.Conn, state http.ConnState) {
 		if state == http.StateClosed {

@@ -40,16 +40,17 @@ type service struct {
 	port int    // the backend's port
 }
 
+// The backends: stage 01's program, and the post's dice.py, as `make run-stage 5
+// BACKEND=flask` runs it.
+const goApp, flaskApp = "", "flask"
+
 // startStage installs the stage's units under a private systemd user manager: the
-// socket on a free port, the backend (stage 01's program, or with flask the post's
-// dice.py, as `make run-stage 5 BACKEND=flask` runs it) on another, the proxy with
+// socket on a free port, the backend app on another, the proxy with
 // --exit-idle-time=idle. It starts dice.socket only and checks that nothing else runs.
-func startStage(t *testing.T, flask bool, idle string) *service {
+func startStage(t *testing.T, app, idle string) *service {
 	t.Helper()
-	app := "" // stage 01's program; "flask": the post's dice.py
-	if flask {
+	if app == flaskApp {
 		needFlask(t)
-		app = "flask"
 	}
 	s := &service{m: systemdtest.New(t), bin: systemdtest.BuildStage(t, "01-always-on")}
 	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
@@ -81,20 +82,31 @@ func needFlask(t *testing.T) {
 // states is the ActiveState of the proxy and the backend, from one systemctl call.
 func (s *service) states(t *testing.T) string {
 	t.Helper()
-	out := s.m.MustSystemctl(t, "show", "-p", "ActiveState", "--value", proxy, backend)
-	return strings.Join(strings.Fields(out), " ")
+	states, err := s.activeStates()
+	require.NoError(t, err)
+	return states
+}
+
+// activeStates is states for a test's condition, which may not fail the test.
+func (s *service) activeStates() (string, error) {
+	out, err := s.m.Systemctl("show", "-p", "ActiveState", "--value", proxy, backend)
+	return strings.Join(strings.Fields(out), " "), err
 }
 
 // waitIdle waits until the proxy has exited idle and systemd has stopped the backend.
 func (s *service) waitIdle(t *testing.T) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		if s.states(t) == "inactive inactive" {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	// First the backend's process, without asking systemd over and over; it exits
+	// after the proxy's, when systemd stops it.
+	if pid := s.m.MainPID(t, backend); pid > 0 {
+		require.Eventually(t, func() bool { return systemdtest.ProcessState(pid) == 0 },
+			30*time.Second, 5*time.Millisecond, "the backend (pid %d) exits", pid)
 	}
-	t.Fatalf("proxy and backend: %q after 30 s, want both inactive", s.states(t))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		states, err := s.activeStates()
+		require.NoError(c, err)
+		assert.Equal(c, "inactive inactive", states, "proxy and backend")
+	}, 30*time.Second, 10*time.Millisecond)
 }
 
 // roll is one GET /roll on a new connection, answered 200 with a result from 1 to 6;
@@ -121,36 +133,43 @@ func roll(base string) (pid string, err error) {
 // answered by the backend; after the idle time both exit (status 0) while dice.socket
 // goes on listening; the next request starts both again.
 func TestZeroProcessesWhenIdle(t *testing.T) {
-	for _, flask := range []bool{false, true} {
-		t.Run(map[bool]string{false: "go", true: "flask"}[flask], func(t *testing.T) {
-			s := startStage(t, flask, "300ms")
-			var pids []int
-			for i := range 2 {
-				answeredBy, err := roll(s.base)
-				require.NoError(t, err, "request %d", i)
-				pid := s.m.MainPID(t, backend)
-				require.Positive(t, pid)
-				if !flask {
-					assert.Equal(t, strconv.Itoa(pid), answeredBy, "Dice-Pid is the backend's MainPID")
-				}
-				assert.DirExists(t, fmt.Sprintf("/proc/%d", s.m.MainPID(t, proxy)), "the proxy runs")
-				// The proxy started only once the backend was active, i.e. listening.
-				assert.GreaterOrEqual(t, monotonic(t, s.m, proxy, "ExecMainStartTimestampMonotonic"),
-					monotonic(t, s.m, backend, "ActiveEnterTimestampMonotonic"))
-				pids = append(pids, pid)
+	t.Parallel()
+	systemdtest.Subtests(t, map[string]func(*testing.T){
+		"go":    func(t *testing.T) { zeroProcessesWhenIdle(t, goApp) },
+		"flask": func(t *testing.T) { zeroProcessesWhenIdle(t, flaskApp) },
+	})
+}
 
-				s.waitIdle(t)
-				for _, unit := range []string{proxy, backend} {
-					assert.Equal(t, "success", s.m.Show(t, unit, "Result"), unit)
-					assert.Equal(t, "0", s.m.Show(t, unit, "MainPID"), unit)
-				}
-				assert.Equal(t, "0", s.m.Show(t, proxy, "ExecMainStatus"), "the proxy exited 0")
-				assert.NoDirExists(t, fmt.Sprintf("/proc/%d", pid), "the backend is gone")
-				assert.Equal(t, "listening", s.m.Show(t, "dice.socket", "SubState"))
-			}
-			assert.NotEqual(t, pids[0], pids[1], "the second request started a new backend")
-		})
+// zeroProcessesWhenIdle is TestZeroProcessesWhenIdle with the backend app.
+func zeroProcessesWhenIdle(t *testing.T, app string) {
+	s := startStage(t, app, "300ms")
+	var pids []int
+	for n := range 2 {
+		answeredBy, err := roll(s.base)
+		require.NoError(t, err, "request %d", n)
+		// ExecMainPID: both may have exited idle already, on a loaded machine.
+		pid, err := strconv.Atoi(s.m.Show(t, backend, "ExecMainPID"))
+		require.NoError(t, err)
+		require.Positive(t, pid)
+		if app == goApp {
+			assert.Equal(t, strconv.Itoa(pid), answeredBy, "Dice-Pid is the backend's process")
+		}
+		assert.NotEqual(t, "0", s.m.Show(t, proxy, "ExecMainPID"), "the proxy was started")
+		// The proxy started only once the backend was active, i.e. listening.
+		assert.GreaterOrEqual(t, monotonic(t, s.m, proxy, "ExecMainStartTimestampMonotonic"),
+			monotonic(t, s.m, backend, "ActiveEnterTimestampMonotonic"))
+		pids = append(pids, pid)
+
+		s.waitIdle(t)
+		for _, unit := range []string{proxy, backend} {
+			assert.Equal(t, "success", s.m.Show(t, unit, "Result"), unit)
+			assert.Equal(t, "0", s.m.Show(t, unit, "MainPID"), unit)
+		}
+		assert.Equal(t, "0", s.m.Show(t, proxy, "ExecMainStatus"), "the proxy exited 0")
+		assert.NoDirExists(t, fmt.Sprintf("/proc/%d", pid), "the backend is gone")
+		assert.Equal(t, "listening", s.m.Show(t, "dice.socket", "SubState"))
 	}
+	assert.NotEqual(t, pids[0], pids[1], "the second request started a new backend")
 }
 
 // monotonic is a *TimestampMonotonic property of unit, in microseconds.
@@ -164,41 +183,54 @@ func monotonic(t *testing.T, m *systemdtest.Manager, unit, prop string) int64 {
 // TestFirstRequestAfterIdle is the readiness check at work, over and over: each round
 // is a request that finds nothing running (it starts the backend, then the proxy), then
 // a wait until both have stopped again. Not one may fail: 200 rounds with stage 01's
-// program (a process starts in milliseconds), 30 with Flask (a few hundred).
+// program (a process starts in milliseconds), 30 with Flask (a few hundred). The
+// rounds are shared among managers that run at once: a round mostly waits for the
+// proxy's idle timer, which fires up to 250 ms late (sd-event's default accuracy,
+// which systemd-socket-proxyd does not change), however short --exit-idle-time is.
 func TestFirstRequestAfterIdle(t *testing.T) {
-	for _, tt := range []struct {
-		name   string
-		flask  bool
-		rounds int
-	}{{"go", false, 200}, {"flask", true, 30}} {
-		t.Run(tt.name, func(t *testing.T) {
-			// A short idle time: the proxy's timer fires up to 250 ms late anyway
-			// (sd-event's default accuracy), which is most of a round.
-			s := startStage(t, tt.flask, "10ms")
-			var failed []error
-			var lastStart int64
-			start := time.Now()
-			for round := range tt.rounds {
-				pid, err := roll(s.base)
-				if err != nil {
-					failed = append(failed, fmt.Errorf("round %d: %w", round, err))
-				}
-				s.waitIdle(t)
-				// Each round, systemd started a new backend, the one that answered.
-				started := monotonic(t, s.m, backend, "ExecMainStartTimestampMonotonic")
-				require.Greater(t, started, lastStart, "round %d started a backend", round)
-				lastStart = started
-				if !tt.flask && err == nil {
-					assert.Equal(t, s.m.Show(t, backend, "ExecMainPID"), pid, "round %d", round)
-				}
-			}
-			t.Logf("%d rounds (a cold start each) in %s: %d failed", tt.rounds,
-				time.Since(start).Round(time.Millisecond), len(failed))
-			assert.Empty(t, failed, "failed requests")
-			assert.Equal(t, "success", s.m.Show(t, proxy, "Result"))
-			assert.Equal(t, "success", s.m.Show(t, backend, "Result"))
-		})
+	t.Parallel()
+	tests := map[string]func(*testing.T){}
+	for i := range 4 {
+		tests[fmt.Sprintf("go %d", i+1)] = func(t *testing.T) { firstRequests(t, goApp, 50) }
 	}
+	for i := range 2 {
+		tests[fmt.Sprintf("flask %d", i+1)] = func(t *testing.T) { firstRequests(t, flaskApp, 15) }
+	}
+	systemdtest.Subtests(t, tests)
+}
+
+// firstRequests runs rounds rounds of TestFirstRequestAfterIdle with the backend app.
+func firstRequests(t *testing.T, app string, rounds int) {
+	s := startStage(t, app, "10ms")
+	var failed []error
+	var lastStart int64
+	start := time.Now()
+	for round := range rounds {
+		pid, err := roll(s.base)
+		if err != nil {
+			failed = append(failed, fmt.Errorf("round %d: %w", round, err))
+		}
+		s.waitIdle(t)
+		// Each round, systemd started a new backend, the one that answered.
+		props := map[string]string{} // From one systemctl call: the round takes fewer.
+		for _, line := range strings.Fields(s.m.MustSystemctl(t, "show", "-p", "ExecMainPID",
+			"-p", "ExecMainStartTimestampMonotonic", backend)) {
+			name, value, _ := strings.Cut(line, "=")
+			props[name] = value
+		}
+		started, err := strconv.ParseInt(props["ExecMainStartTimestampMonotonic"], 10, 64)
+		require.NoError(t, err)
+		require.Greater(t, started, lastStart, "round %d started a backend", round)
+		lastStart = started
+		if app == goApp && pid != "" {
+			assert.Equal(t, props["ExecMainPID"], pid, "round %d", round)
+		}
+	}
+	t.Logf("%d rounds (a cold start each) in %s: %d failed", rounds,
+		time.Since(start).Round(time.Millisecond), len(failed))
+	assert.Empty(t, failed, "failed requests")
+	assert.Equal(t, "success", s.m.Show(t, proxy, "Result"))
+	assert.Equal(t, "success", s.m.Show(t, backend, "Result"))
 }
 
 // gatedBackend makes the backend a slow starter whose listening the test controls:
@@ -218,48 +250,54 @@ func gatedBackend(t *testing.T, s *service, gate string) {
 // proxy waits for the backend's start, and the request is answered once the app
 // listens, however long that takes.
 func TestReadinessWaitsForTheApp(t *testing.T) {
-	t.Run("with the check", func(t *testing.T) {
-		s := startStage(t, false, "30s")
-		gate := filepath.Join(t.TempDir(), "listen")
-		gatedBackend(t, s, gate)
-		answered := make(chan error, 1)
-		var answeredBy string
-		go func() {
-			var err error
-			answeredBy, err = roll(s.base)
-			answered <- err
-		}()
-		s.m.WaitProp(t, backend, "SubState", "start-post", 10*time.Second)
-		// The app is not listening; the proxy has not been started, the request waits.
-		for range 10 {
-			assert.Equal(t, "activating", s.m.Show(t, backend, "ActiveState"))
-			assert.Equal(t, "inactive", s.m.Show(t, proxy, "ActiveState"))
-		}
-		select {
-		case err := <-answered:
-			t.Fatalf("answered before the app listens: %v", err)
-		default:
-		}
-		require.NoError(t, os.WriteFile(gate, nil, 0o644))
-		require.NoError(t, <-answered, "the waiting request is answered")
-		assert.Equal(t, strconv.Itoa(s.m.MainPID(t, backend)), answeredBy)
-	})
+	t.Parallel()
+	systemdtest.Subtests(t, map[string]func(*testing.T){
+		"with the check": withCheck, "without the check": withoutCheck})
+}
 
-	t.Run("without the check", func(t *testing.T) {
-		s := startStage(t, false, "30s")
-		gate := filepath.Join(t.TempDir(), "listen")
-		gatedBackend(t, s, gate)
-		require.NoError(t, s.m.DropIn(backend, "test-no-check", "[Service]\nExecStartPost=\n"))
-		_, err := roll(s.base)
-		require.Error(t, err, "the proxy finds nothing listening and gives up")
-		t.Logf("the first request, with the app not yet listening: %v", err)
-		assert.Equal(t, "active", s.m.Show(t, proxy, "ActiveState"), "the proxy runs")
-		assert.Equal(t, "active", s.m.Show(t, backend, "ActiveState"), "systemd thinks it is ready")
-		require.NoError(t, os.WriteFile(gate, nil, 0o644))
-		// Once the app listens, the same proxy gets through: it only needed to wait.
-		require.Eventually(t, func() bool { _, err := roll(s.base); return err == nil },
-			10*time.Second, 20*time.Millisecond)
-	})
+// withCheck: the request waits until the app listens.
+func withCheck(t *testing.T) {
+	s := startStage(t, goApp, "30s")
+	gate := filepath.Join(t.TempDir(), "listen")
+	gatedBackend(t, s, gate)
+	answered := make(chan error, 1)
+	var answeredBy string
+	go func() {
+		var err error
+		answeredBy, err = roll(s.base)
+		answered <- err
+	}()
+	s.m.WaitProp(t, backend, "SubState", "start-post", 10*time.Second)
+	// The app is not listening; the proxy has not been started, the request waits.
+	for range 10 {
+		assert.Equal(t, "activating", s.m.Show(t, backend, "ActiveState"))
+		assert.Equal(t, "inactive", s.m.Show(t, proxy, "ActiveState"))
+	}
+	select {
+	case err := <-answered:
+		t.Fatalf("answered before the app listens: %v", err)
+	default:
+	}
+	require.NoError(t, os.WriteFile(gate, nil, 0o644))
+	require.NoError(t, <-answered, "the waiting request is answered")
+	assert.Equal(t, strconv.Itoa(s.m.MainPID(t, backend)), answeredBy)
+}
+
+// withoutCheck: the proxy finds nothing listening.
+func withoutCheck(t *testing.T) {
+	s := startStage(t, goApp, "30s")
+	gate := filepath.Join(t.TempDir(), "listen")
+	gatedBackend(t, s, gate)
+	require.NoError(t, s.m.DropIn(backend, "test-no-check", "[Service]\nExecStartPost=\n"))
+	_, err := roll(s.base)
+	require.Error(t, err, "the proxy finds nothing listening and gives up")
+	t.Logf("the first request, with the app not yet listening: %v", err)
+	assert.Equal(t, "active", s.m.Show(t, proxy, "ActiveState"), "the proxy runs")
+	assert.Equal(t, "active", s.m.Show(t, backend, "ActiveState"), "systemd thinks it is ready")
+	require.NoError(t, os.WriteFile(gate, nil, 0o644))
+	// Once the app listens, the same proxy gets through: it only needed to wait.
+	require.Eventually(t, func() bool { _, err := roll(s.base); return err == nil },
+		10*time.Second, 20*time.Millisecond)
 }
 
 // TestBrokenAppFailsFast: a backend that exits at once (a busy port, a crash) fails
@@ -269,7 +307,8 @@ func TestReadinessWaitsForTheApp(t *testing.T) {
 // test's drop-in stretches the socket's trigger interval, so that the limit is hit
 // however slow the machine.
 func TestBrokenAppFailsFast(t *testing.T) {
-	s := startStage(t, false, "30s")
+	t.Parallel()
+	s := startStage(t, goApp, "30s")
 	require.NoError(t, s.m.DropIn(backend, "test-broken", "[Service]\nExecStart=\nExecStart=/bin/false\n"))
 	require.NoError(t, s.m.DropIn("dice.socket", "test-limit", "[Socket]\nTriggerLimitIntervalSec=1h\n"))
 	_, err := roll(s.base)
@@ -294,7 +333,8 @@ func TestBrokenAppFailsFast(t *testing.T) {
 // have arrived after an exit, 3 of them while the old backend still ran (answered by
 // it through a new proxy, or sent before systemd had finished stopping it).
 func TestBurstsAcrossIdleExitLoseNothing(t *testing.T) {
-	s := startStage(t, false, "100ms")
+	t.Parallel()
+	s := startStage(t, goApp, "100ms")
 	const clients = 16
 	var failed []error
 	early, late, sameApp, whileStopping, tight := 0, 0, 0, 0, 0
@@ -355,7 +395,8 @@ func TestBurstsAcrossIdleExitLoseNothing(t *testing.T) {
 // 01's program: each gets the same 4xx JSON answer as from stage 01 alone, and the
 // same backend process answers before and after.
 func TestBadRequestsThroughTheProxy(t *testing.T) {
-	s := startStage(t, false, "30s")
+	t.Parallel()
+	s := startStage(t, goApp, "30s")
 	defer http.DefaultClient.CloseIdleConnections()
 	pid, err := roll(s.base)
 	require.NoError(t, err)
@@ -372,6 +413,7 @@ func TestBadRequestsThroughTheProxy(t *testing.T) {
 // keep-alive connection is cut between two requests, the unit ends "failed"
 // (Result=timeout), and the socket starts a new process on the next connection.
 func TestTimerStopsTheServiceBusyOrNot(t *testing.T) {
+	t.Parallel()
 	m := systemdtest.New(t)
 	bin := systemdtest.BuildStage(t, "02-socket-activated")
 	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))

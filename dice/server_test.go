@@ -101,3 +101,12 @@ func TestServeAnswersAConnectionAcceptedAsItStops(t *testing.T) {
 		t.Fatal("Serve did not return after the last connection closed")
 	}
 }
+
+// TestNewServerHasTheTimeouts: what makes a silent or idle client let go of a
+// connection (and, in stage 04, of its process) is set on every server.
+func TestNewServerHasTheTimeouts(t *testing.T) {
+	srv := NewServer(http.NotFoundHandler(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	assert.Equal(t, ReadHeaderTimeout, srv.ReadHeaderTimeout)
+	assert.Equal(t, IdleTimeout, srv.IdleTimeout)
+	assert.Equal(t, MaxHeaderBytes, srv.MaxHeaderBytes)
+}

@@ -60,11 +60,10 @@ func TestDropIns(t *testing.T) {
 }
 
 // installTree copies a stage's units and drop-ins into dir as `make install-system`
-// lays them out in /etc/systemd/system, with ExecStart= of our programs (those in
-// /usr/local/bin; not systemd's proxy) rewritten by execStart, and returns the units'
-// paths.
+// lays them out in /etc/systemd/system and returns the units' paths. With execStart,
+// a drop-in runs it instead of our programs (those in /usr/local/bin, as
+// scripts/run-stage --programs names them; not systemd's proxy).
 func installTree(t *testing.T, stage, dir, execStart string) []string {
-	re := regexp.MustCompile(`(?m)^ExecStart=/usr/local/bin/\S+`)
 	var units []string
 	for _, f := range unitFiles(t) {
 		if filepath.Dir(f) != stage {
@@ -72,13 +71,21 @@ func installTree(t *testing.T, stage, dir, execStart string) []string {
 		}
 		b, err := os.ReadFile(f)
 		require.NoError(t, err)
-		b = re.ReplaceAll(b, []byte("ExecStart="+execStart))
 		name := filepath.Join(dir, filepath.Base(f))
 		require.NoError(t, os.WriteFile(name, b, 0o644))
 		units = append(units, name)
 	}
+	programs, err := systemdtest.Query(systemdtest.ModuleRoot(t), "--programs", stage)
+	require.NoError(t, err)
+	for _, line := range programs {
+		if unit, _, ok := strings.Cut(line, " "); ok && execStart != "" {
+			require.NoError(t, os.MkdirAll(filepath.Join(dir, unit+".d"), 0o755))
+			require.NoError(t, os.WriteFile(filepath.Join(dir, unit+".d", "zz-test.conf"),
+				[]byte("[Service]\nExecStart=\nExecStart="+execStart+"\n"), 0o644))
+		}
+	}
 	hardening := filepath.Join("hardening", stage)
-	err := filepath.WalkDir(hardening, func(path string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(hardening, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -145,7 +152,7 @@ func TestExposure(t *testing.T) {
 			root := t.TempDir()
 			dir := filepath.Join(root, "etc", "systemd", "system")
 			require.NoError(t, os.MkdirAll(dir, 0o755))
-			installTree(t, stage, dir, "/usr/local/bin/"+stage)
+			installTree(t, stage, dir, "")
 			limit := 0.5
 			if stage == "01-always-on" {
 				limit = 2.0

@@ -158,7 +158,8 @@ func KeepAliveRolls(t testing.TB, c net.Conn, n int) []string {
 
 // Load calls GET /roll at base from keepAlive clients that reuse their connection and
 // from fresh clients that open a new one for every request, until stop is called.
-// Answered counts the requests answered so far; stop returns the failures.
+// Answered counts the requests answered so far; stop returns the failures (a second
+// call too).
 func Load(base string, keepAlive, fresh int) (answered func() int64,
 	stop func() []error) {
 	var (
@@ -192,11 +193,11 @@ func Load(base string, keepAlive, fresh int) (answered func() int64,
 			}
 		}()
 	}
-	return ok.Load, func() []error {
+	return ok.Load, sync.OnceValue(func() []error {
 		close(done)
 		wg.Wait()
 		return failed
-	}
+	})
 }
 
 // RollAndWaitForClose sends one GET /roll with "Connection: close" and returns the

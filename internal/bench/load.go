@@ -238,8 +238,9 @@ func (s sample) p(percent int) time.Duration {
 	return slices.Sorted(slices.Values(s.times))[(len(s.times)*percent+99)/100-1]
 }
 
-// rss is the memory of a target at one moment: its processes and their RSS in KiB.
-type rss struct{ procs, kib int }
+// rss is the memory of a target at one moment: its processes and their RSS in KiB, of
+// it file-backed (RssFile) and the proxy's.
+type rss struct{ procs, kib, file, proxy int }
 
 func (r rss) String() string {
 	switch r.procs {

@@ -16,9 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -65,7 +63,9 @@ func run() (err error) {
 	if tmp, err = os.MkdirTemp("", "dice-bench-"); err != nil {
 		return err
 	}
-	addTargets()
+	if addTargets(); !flaskOK {
+		logf("%s", noFlask)
+	}
 	if err := errors.Join(os.Chmod(tmp, 0o755), build()); err != nil {
 		return err
 	}
@@ -98,13 +98,4 @@ func run() (err error) {
 		measureRestarts()
 	}
 	return write()
-}
-
-// command runs a program and logs it; its output goes into the error.
-func command(name string, args ...string) error {
-	logf("%s %s", name, strings.Join(args, " "))
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %w\n%s", name, err, out)
-	}
-	return nil
 }

@@ -2,10 +2,12 @@ package main
 
 import (
 	_ "embed"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -25,59 +27,76 @@ var measureTemplate string
 // markers on lines of their own (a table, a paragraph) or within a sentence (a figure).
 var region = regexp.MustCompile(`(?s)(<!-- bench:([a-z0-9]+) -->\n?).*?(\n?<!-- /bench -->)`)
 
-// write prints the RSS table (-measure), or writes bench.md (docs/bench.md, regions
-// filled), bench.svg and bench-day.svg into docs/ (-quick: a new temporary directory).
+// write prints the RSS table (-measure), or fills the figures of docs/bench.md, the
+// READMEs and docs/ and writes docs/bench.svg and bench-day.svg (-quick: all of them
+// into a new temporary directory).
 func write() (err error) {
 	if *measure {
+		if !flaskOK {
+			defer fmt.Println("\n" + noFlask)
+		}
 		return template.Must(template.New("").Parse(measureTemplate)).Execute(os.Stdout, figures())
 	}
-	md, err := fill()
-	dir := "docs"
+	files, err := fill()
+	dir := "."
 	if err == nil && *quick {
 		dir, err = os.MkdirTemp("", "dice-bench-out-")
 	}
-	logf("the run took %s; writing bench.md, bench.svg and bench-day.svg in %s",
-		time.Since(started).Round(time.Second), dir)
+	logf("the run took %s; writing docs/bench.svg, docs/bench-day.svg and the figures of %s "+
+		"in %s", time.Since(started).Round(time.Second), slices.Sorted(maps.Keys(files)), dir)
 	day := func(title string, calls int) panel {
-		return panel{title + " calls a day", " MiB·h", "rss",
+		return panel{title + " calls a day", " MiB·h", "day",
 			func(t *target) float64 { return mibh(t, calls) }}
 	}
-	for name, text := range map[string]string{"bench.md": md,
-		"bench.svg": svg(fmt.Sprintf("socket-dice: memory and cold start (%s, %d CPUs, %s)",
-			started.UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version()),
-			panel{fmt.Sprintf("RSS after %d requests", requests), " MiB", "rss",
-				func(t *target) float64 { return float64(t.rss[2].kib) / 1024 }},
-			panel{"Cold first response, p50", " ms", "cold",
-				func(t *target) float64 { return float64(t.cold.p(50)) / 1e6 }}),
-		"bench-day.svg": svg("Memory × time a day, calls spread over the day (MiB·h)",
-			day("10", 10), day("1,000", 1000)),
-	} {
+	files["docs/bench.svg"] = svg(fmt.Sprintf("socket-dice: memory and cold start (%s, %d "+
+		"CPUs, %s)", started.UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version()),
+		panel{fmt.Sprintf("RSS after %d requests", requests), " MiB", "rss",
+			func(t *target) float64 { return float64(t.rss[2].kib) / 1024 }},
+		panel{"Cold first response, p50", " ms", "cold",
+			func(t *target) float64 { return float64(t.cold.p(50)) / 1e6 }})
+	files["docs/bench-day.svg"] = svg("Memory × time a day, calls spread over the day (MiB·h)",
+		day("10", 10), day("1,000", 1000))
+	for name, text := range files {
 		if err == nil {
-			err = os.WriteFile(dir+"/"+name, []byte(text), 0o644)
+			err = errors.Join(os.MkdirAll(filepath.Dir(dir+"/"+name), 0o755),
+				os.WriteFile(dir+"/"+name, []byte(text), 0o644))
 		}
 	}
 	return err
 }
 
-// fill is docs/bench.md with each region's content replaced by the figure of its
-// name; it fails if a figure has no region there.
-func fill() (string, error) {
-	md, err := os.ReadFile("docs/bench.md")
-	values := figures()
-	missing := maps.Clone(values)
-	out := region.ReplaceAllStringFunc(string(md), func(r string) string {
-		m := region.FindStringSubmatch(r)
-		if value, ok := values[m[2]]; ok {
-			delete(missing, m[2])
+// fill is every file with figures (docs/bench.md, README.md, the stages' READMEs,
+// docs/*.md) by name, each region's content replaced by the figure of its name. It
+// fails, naming them, on a region that is no figure and on a figure in no region.
+func fill() (map[string]string, error) {
+	values, files, errs := figures(), map[string]string{}, []error{}
+	unused := maps.Clone(values)
+	names, _ := filepath.Glob("0*/README.md")
+	more, _ := filepath.Glob("docs/*.md")
+	for _, name := range append(append([]string{"README.md"}, names...), more...) {
+		md, err := os.ReadFile(name)
+		errs = append(errs, err)
+		files[name] = region.ReplaceAllStringFunc(string(md), func(r string) string {
+			m := region.FindStringSubmatch(r)
+			value, ok := values[m[2]]
+			if !ok {
+				errs = append(errs, fmt.Errorf("%s: <!-- bench:%s --> is no figure of the bench",
+					name, m[2]))
+				return r
+			}
+			delete(unused, m[2])
 			return m[1] + strings.TrimSuffix(value, "\n") + m[3]
+		})
+		if files[name] == string(md) {
+			delete(files, name)
 		}
-		return r // not a figure: left as it is
-	})
-	if err == nil && len(missing) > 0 {
-		err = fmt.Errorf("docs/bench.md has no region <!-- bench:NAME -->…<!-- /bench --> "+
-			"for %s: the run would leave these figures out", slices.Sorted(maps.Keys(missing)))
 	}
-	return out, err
+	if len(unused) > 0 {
+		errs = append(errs, fmt.Errorf("no region <!-- bench:NAME -->…<!-- /bench --> in "+
+			"README.md, 0*/README.md or docs/*.md for %s: the run would leave these figures out",
+			slices.Sorted(maps.Keys(unused))))
+	}
+	return files, errors.Join(errs...)
 }
 
 // figures are what bench.md shows between markers, by name, and -measure's template
@@ -102,7 +121,40 @@ func figures() map[string]string {
 			_, cpu, _ = strings.Cut(strings.SplitN(after, "\n", 2)[0], ":")
 		}
 	}
+	if !flaskOK {
+		kind += " (" + noFlask + ")"
+	}
+	goMax, flask, p50 := get("01"), get("flask"), func(k string) time.Duration {
+		return get(k).cold.p(50)
+	}
+	for _, k := range []string{"02", "03", "04"} {
+		if get(k).rss[2].kib > goMax.rss[2].kib {
+			goMax = get(k)
+		}
+	}
 	return map[string]string{
+		// README.md, the stages' READMEs, docs/design-notes.md
+		"flaskrss": mib(flask, flask.rss[2].kib), "gorss": mib(goMax, goMax.rss[2].kib),
+		"goflask":    times(goMax.rss[2].kib, flask.rss[2].kib),
+		"cold0204":   spread(p50("02"), p50("03"), p50("04")),
+		"coldfloors": spread(p50("f02"), p50("f03"), p50("f04")),
+		"cold05":     ms(p50("05")), "coldflask": ms(p50("fs")),
+		"rss01": mib(get("01"), get("01").rss[1].kib), "rss03": mib(get("03"), get("03").rss[1].kib),
+		"rss04": mib(get("04"), get("04").rss[1].kib), "rss05": mib(get("05"), get("05").rss[1].kib),
+		"rssproxy":      mib(get("05"), get("05").rss[1].proxy),
+		"rssflask":      mib(flask, flask.rss[1].kib),
+		"warm05":        ratio(get("05").warm, get("01").warm) + "×",
+		"warm0201":      ratio(get("02").warm, get("01").warm),
+		"rss01n":        mib(get("01"), get("01").rss[2].kib),
+		"file01":        mib(get("01"), get("01").rss[2].file),
+		"anon01":        mib(get("01"), get("01").rss[2].kib-get("01").rss[2].file),
+		"rss01gogc":     mib(get("01g"), get("01g").rss[2].kib),
+		"rss01mem":      mib(get("01m"), get("01m").rss[2].kib),
+		"rss01memstart": mib(get("01m"), get("01m").rss[0].kib),
+		"connc":         ratio(get("04").conn, get("c04").conn) + "×",
+		"connms04":      perConn(get("04").conn), "connmsfloor": perConn(get("f04").conn),
+		"conngmp": ratio(get("04p").conn, get("c04").conn) + "×",
+		// docs/bench.md
 		"kind":    kind,
 		"date":    started.UTC().Format("2006-01-02 15:04 UTC"),
 		"cpus":    fmt.Sprint(runtime.NumCPU()),
@@ -110,7 +162,7 @@ func figures() map[string]string {
 		"kernel":  procFile("sys/kernel/osrelease"),
 		"go":      runtime.Version(),
 		"systemd": strings.Fields(output("systemctl", "--version") + " ? ?")[1],
-		"flask": output(python, "-c", "import sys, importlib.metadata as m; "+
+		"flask": output(python, "-c", "import sys, flask, importlib.metadata as m; "+
 			"print(m.version('flask'), '(Python', sys.version.split()[0]+')')"),
 		"load0": load0, "load1": loadavg(), "took": time.Since(started).Round(time.Second).String(),
 		"build": "`" + buildCommand + "`", "sizes": strings.Join(sizes, ", "),
@@ -145,7 +197,7 @@ func figures() map[string]string {
 				return kept("6 restarts", t.restart)
 			}), cells("restart", func(t *target) []string { return kept("an upgrade", t.upgrade) }))),
 		"day": table("| | active a day, 10 calls | MiB·h | active a day, 1,000 calls | MiB·h |",
-			cells("rss", func(t *target) []string {
+			cells("day", func(t *target) []string {
 				return []string{span(active(t, 10)), num(mibh(t, 10)), span(active(t, 1000)),
 					num(mibh(t, 1000))}
 			})),
@@ -192,14 +244,15 @@ func goals() (g [][]string) {
 	for _, k := range []string{"01", "02", "03", "04"} {
 		goMax = max(goMax, get(k).rss[1].kib, get(k).rss[2].kib)
 	}
-	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask, "largest Go stage %d KiB / Flask "+
-		"%d KiB (after %d requests) = %.2f×", goMax, flask, requests, float64(goMax)/float64(flask))
+	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask && flaskOK,
+		"largest Go stage %d KiB / Flask %d KiB (after %d requests) = %.2f×", goMax, flask,
+		requests, float64(goMax)/float64(flask))
 	fl := get("fs").cold.p(50) // Flask timed as the stages are, from the client's connect
 	for _, k := range []string{"02", "03", "04"} {
 		s, f := get(k).cold, get("f"+k).cold.p(50)
 		x, y := float64(s.p(50))/float64(f), float64(s.p(50))/float64(fl)
 		add("P2 "+k+" cold ≤ 1.5× floor, ≤ 0.1× socket-activated Flask",
-			x <= 1.5 && y <= 0.1 && s.failed == 0,
+			x <= 1.5 && y <= 0.1 && s.failed == 0 && flaskOK,
 			"p50 %s vs floor %s = %.2f×; vs Flask %s = %.3f×", ms(s.p(50)), ms(f), x, ms(fl), y)
 	}
 	base := get("01").warm
@@ -295,6 +348,39 @@ func svg(title string, panels ...panel) string {
 		"\n%s</svg>\n", 74+26*bars, title, s)
 }
 
+// mib is kib, of t's memory, in MiB; "–" if t was not measured (no Flask here).
+func mib(t *target, kib int) string {
+	if t.m == nil {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(kib)/1024)
+}
+
+// times is a / b as a factor, "–" when b is 0 (not measured).
+func times(a, b int) string {
+	if b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", float64(a)/float64(b))
+}
+
+// spread is the range of ds: "16.1–24.2 ms", or one figure if they are the same.
+func spread(ds ...time.Duration) string {
+	low, high := ms(slices.Min(ds)), ms(slices.Max(ds))
+	if low == high {
+		return low
+	}
+	return strings.TrimSuffix(low, " ms") + "–" + high
+}
+
+// perConn is the time a connection took: the rate's inverse, all clients together.
+func perConn(s sample) string {
+	if s.ok == 0 {
+		return "–"
+	}
+	return ms(time.Duration(float64(time.Second) / s.rate()))
+}
+
 // output is the trimmed standard output of a command, "?" if it fails.
 func output(name string, args ...string) string {
 	out, err := exec.Command(name, args...).Output()
@@ -314,7 +400,9 @@ func procFile(name string) string {
 }
 
 // loadavg is the load average over 1, 5 and 15 minutes.
-func loadavg() string { return strings.Join(strings.Fields(procFile("loadavg") + " ? ? ?")[:3], " ") }
+func loadavg() string {
+	return strings.Join(strings.Fields(procFile("loadavg") + " ? ? ?")[:3], " ")
+}
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
 

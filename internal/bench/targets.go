@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -23,7 +24,7 @@ type target struct {
 	key, label string
 	stage      string   // its units: units/<stage>/; "" for always-on Flask
 	bin        string   // the directory in tmp of the programs its units run: bin, floor, cfloor
-	in         []string // the tables it is a row of: rss, cold, warm, conn (report.go)
+	in         []string // the tables it is a row of: rss, cold, warm, conn, day (report.go)
 	dropIns    []string // unit, content, ...: what the run changes besides binary and port
 	exits      bool     // its service exits by itself: when idle (03, 05), after its request (04)
 	args       []string // appended to the committed ExecStart= of its program (03's -idle)
@@ -40,38 +41,42 @@ type target struct {
 	restart, upgrade dicetest.Kept // 16 kept-alive clients through restarts, an upgrade
 }
 
-// addTargets adds what is measured, each on a port of its own from 18100, in the order
-// of the tables' rows. -measure leaves out the floors; without Flask, its rows go.
+// addTargets adds what is measured, each on a free port of its own, in the order
+// of the tables' rows. -measure leaves out the floors and variants; without Flask, its
+// rows go.
 //
 // A new stage adds its rows here: add(key, label, stage, bin, tables, dropIns...) per
 // row, then what else it needs (exits, args, unix). Its units come from units/<stage>/
-// as scripts/run-stage installs them. Its tables: "rss", "cold", "warm", "conn", or a
-// new one: a region in docs/bench.md, a figure in report.go's figures(), a measurement
-// (alternate) in load.go's measureLoads.
+// as scripts/run-stage installs them. Its tables: "rss", "cold", "warm", "conn", "day",
+// or a new one: a region in docs/bench.md, a figure in report.go's figures(), a
+// measurement (alternate) in load.go's measureLoads.
 func addTargets() {
+	port := freePort()
 	add := func(key, label, stage, bin string, in []string, dropIns ...string) *target {
 		t := &target{key: key, label: label, stage: stage, bin: bin, in: in, dropIns: dropIns,
-			port: 18100 + len(targets), flask: strings.Contains(label, "Flask")}
-		if !(t.flask && !flaskOK || *measure && strings.HasSuffix(bin, "floor")) {
+			port: port, flask: strings.Contains(label, "Flask")}
+		port = freePort()
+		if !t.flask || flaskOK {
 			targets = append(targets, t)
 		}
 		return t
 	}
-	all, cold := []string{"rss", "cold", "warm"}, []string{"cold"}
+	all, cold := []string{"rss", "cold", "warm", "day"}, []string{"cold"}
 	// Timing cold starts stops 02's service 30 times in a row: the default start limit
 	// (5 starts in 10 s) would fail it after 5. 03's units size their own.
 	noLimit := "# bench: stopped and started 30 times.\n[Unit]\nStartLimitIntervalSec=0\n"
-	add("01", "01-always-on", "01-always-on", "bin", []string{"rss", "warm"})
+	add("01", "01-always-on", "01-always-on", "bin", []string{"rss", "warm", "day"})
 	add("02", "02-socket-activated", "02-socket-activated", "bin", all, "dice.service", noLimit)
 	t := add("03", "03-idle-exit", "03-idle-exit", "bin", append(all, "restart"))
 	t.exits, t.args = true, []string{"-idle", idle.String()}
 	t = add("07", "07-fd-store", "07-fd-store", "bin", []string{"restart"})
 	t.exits, t.args = true, []string{"-idle", idle.String()}
-	add("04", "04-accept-yes", "04-accept-yes", "bin", []string{"rss", "cold", "conn"}).exits = true
+	add("04", "04-accept-yes", "04-accept-yes", "bin",
+		[]string{"rss", "cold", "conn", "day"}).exits = true
 	// 05 with stage 01's program behind the proxy, and with the post's dice.py; the
 	// proxy's idle time is at least 1 s (docs/bench.md says why).
 	for _, key := range []string{"05", "05f"} {
-		app := 18150 + len(targets)
+		app := freePort()
 		t := add(key, map[string]string{"05": "05-socket-proxyd", "05f": "05, Flask backend"}[key],
 			"05-socket-proxyd", "bin", all, "dice-proxy.service", fmt.Sprintf("# bench: "+
 				"another idle time and port.\n[Service]\nExecStart=\nExecStart=/usr/lib/systemd/"+
@@ -89,19 +94,43 @@ func addTargets() {
 		noLimit+"[Service]\nEnvironment=PYTHONPATH="+top+"/05-socket-proxyd "+
 			"PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+python+" "+top+
 			"/internal/bench/flask/activated.py\n")
-	add("f02", "floor, 02's units", "02-socket-activated", "floor", cold, "dice.service", noLimit)
-	add("f03", "floor, 03's units", "03-idle-exit", "floor", cold).exits = true
-	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
-	add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", []string{"cold", "conn"}).exits = true
 	// Not a stage: flask/dice-flask.service as it is, run on this checkout's dice.py.
 	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
 		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
 			"ExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run --host 127.0.0.1 "+
-			"--port %d\n", python, top, 18100+len(targets)))
+			"--port %d\n", python, top, port))
+	if *measure {
+		return
+	}
+	add("f02", "floor, 02's units", "02-socket-activated", "floor", cold, "dice.service", noLimit)
+	add("f03", "floor, 03's units", "03-idle-exit", "floor", cold).exits = true
+	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
+	add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", []string{"cold", "conn"}).exits = true
+	// What the units do not set, measured against them (docs/design-notes.md).
+	add("01g", "01, GOGC=100 (Go's default)", "01-always-on", "bin", []string{"rss"},
+		"dice.service", "[Service]\nEnvironment=GOGC=100\n")
+	add("01m", "01, GOMEMLIMIT=2MiB", "01-always-on", "bin", []string{"rss"},
+		"dice.service", "[Service]\nEnvironment=GOMEMLIMIT=2MiB\n")
+	add("04p", "04, GOMAXPROCS=1", "04-accept-yes", "bin", []string{"conn"},
+		"dice@.service", "[Service]\nEnvironment=GOMAXPROCS=1\n").exits = true
+}
+
+// freePort is a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // flaskOK tells whether the post's Flask app can run here: Debian's python3 with Flask.
 var flaskOK = exec.Command(python, "-c", "import flask").Run() == nil
+
+// noFlask says that the Flask rows were left out, and how to have them.
+const noFlask = "Flask rows skipped: " + python + " cannot import flask; for them: " +
+	"apt-get install python3-flask (zypper install python3-Flask)"
 
 // get is the target key, or an empty one (nothing measured) if there is none.
 func get(key string) *target {
@@ -133,8 +162,8 @@ func build() error {
 		case err != nil:
 		case t.bin == "floor":
 			err = makeBuild(tmp+"/floor", "internal/bench/floor", t.programs()...)
-		case t.bin == "cfloor" && command("cc", "-static", "-O2", "-o", tmp+"/cfloor/"+
-			t.programs()[0], "internal/bench/cfloor/floor.c") != nil:
+		case t.bin == "cfloor" && exec.Command("cc", "-static", "-O2", "-o", tmp+"/cfloor/"+
+			t.programs()[0], "internal/bench/cfloor/floor.c").Run() != nil:
 			logf("no C floor (it needs a C compiler and a static libc: apt-get install gcc)")
 			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
 		}
@@ -147,17 +176,10 @@ var buildCommand string
 
 // makeBuild runs `make build` into dir: the programs named (all if none), from the
 // package pkg if not empty.
-func makeBuild(dir, pkg string, programs ...string) error {
-	args := []string{"-s", "build", "BIN=" + dir, "PKG=" + pkg}
-	if len(programs) > 0 {
-		args = append(args, "PROGRAMS="+strings.Join(programs, " "))
-	}
-	out, err := exec.Command("make", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("make build: %w\n%s", err, out)
-	}
-	buildCommand, _, _ = strings.Cut(string(out), " -o ")
-	return nil
+func makeBuild(dir, pkg string, programs ...string) (err error) {
+	out, err := systemdtest.Build(top, dir, pkg, programs...)
+	buildCommand, _, _ = strings.Cut(out, " -o ")
+	return err
 }
 
 // programs are the programs t's units run, as scripts/run-stage --programs says.
@@ -283,19 +305,28 @@ func (t *target) listening() bool {
 
 // memory is the target's processes, the main process of each dice service (04's
 // instances, 05's proxy and app) and their children (a container's), and their RSS:
-// VmRSS, what `ps -o rss=` shows.
+// VmRSS, what `ps -o rss=` shows, of it RssFile (the binaries' pages), and the proxy's.
 func (t *target) memory() (r rss) {
 	pids, _ := t.m.Prop("dice*.service", "MainPID")
 	for todo := strings.Fields(pids); len(todo) > 0; todo = todo[1:] {
 		status, err := os.ReadFile("/proc/" + todo[0] + "/status")
-		if _, value, ok := strings.Cut(string(status), "VmRSS:"); err == nil && ok {
-			kib, _ := strconv.Atoi(strings.Fields(value)[0])
-			r.procs, r.kib = r.procs+1, r.kib+kib
+		if kib := statusKiB(status, "VmRSS"); err == nil && kib > 0 {
+			r.procs, r.kib, r.file = r.procs+1, r.kib+kib, r.file+statusKiB(status, "RssFile")
+			if strings.HasPrefix(string(status), "Name:\tsystemd-socket-") {
+				r.proxy += kib
+			}
 			children, _ := os.ReadFile("/proc/" + todo[0] + "/task/" + todo[0] + "/children")
 			todo = append(todo, strings.Fields(string(children))...)
 		}
 	}
 	return r
+}
+
+// statusKiB is the field name of a /proc/<pid>/status, in KiB; 0 if it has none.
+func statusKiB(status []byte, name string) int {
+	_, value, _ := strings.Cut(string(status), "\n"+name+":")
+	kib, _ := strconv.Atoi(strings.Fields(value + " 0")[0])
+	return kib
 }
 
 // waitFor polls cond, as often as systemctl answers, until it holds or timeout passes.

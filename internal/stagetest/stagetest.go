@@ -134,21 +134,23 @@ func Start(t testing.TB, cmd *exec.Cmd) <-chan error {
 
 // Accepted tells whether a process has accepted the connection whose client side is
 // c. In /proc/net/tcp the server side of a connection that waits in a listening
-// socket's backlog has inode 0: no process holds it yet.
-func Accepted(c net.Conn) bool {
+// socket's backlog has inode 0: no process holds it yet. It is an error when the
+// connection is not there at all.
+func Accepted(c net.Conn) (bool, error) {
 	data, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
-		return false
+		return false, err
 	}
 	local := fmt.Sprintf(":%04X", c.RemoteAddr().(*net.TCPAddr).Port)
 	remote := fmt.Sprintf(":%04X", c.LocalAddr().(*net.TCPAddr).Port)
 	for _, line := range strings.Split(string(data), "\n") {
 		f := strings.Fields(line)
 		if len(f) > 9 && strings.HasSuffix(f[1], local) && strings.HasSuffix(f[2], remote) {
-			return f[9] != "0"
+			return f[9] != "0", nil
 		}
 	}
-	return false
+	return false, fmt.Errorf("no server side of %s -> %s in /proc/net/tcp", c.LocalAddr(),
+		c.RemoteAddr())
 }
 
 // InFlight opens a connection to addr and sends a request but for its last line,
@@ -164,8 +166,9 @@ func InFlight(t testing.TB, addr string) (finish func() (*http.Response, error))
 	require.NoError(t, err)
 	// Before it is accepted, a connection waits in the listening socket's backlog,
 	// which a stop does not touch.
-	require.Eventually(t, func() bool { return Accepted(c) }, 20*time.Second,
-		10*time.Millisecond, "the server accepts the connection")
+	accepted := func() bool { ok, err := Accepted(c); return err == nil && ok }
+	require.Eventually(t, accepted, 20*time.Second, 10*time.Millisecond,
+		"the server accepts the connection")
 	return func() (*http.Response, error) {
 		if err := c.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
 			return nil, err
@@ -183,23 +186,28 @@ func InFlight(t testing.TB, addr string) (finish func() (*http.Response, error))
 
 // RestartsUnderLoad restarts dice.service of m n times, one after the other, while 4
 // clients on kept-alive connections and 4 on new connections call it at base, and
-// checks that no request failed and that the socket and the service are active. Between two restarts the new process
-// answers at least 20 requests, so that every restart happens under load.
+// checks that no request failed and that the socket and the service are active.
+// Between two restarts the new process answers at least 20 requests, so that every
+// restart happens under load.
 func RestartsUnderLoad(t *testing.T, m *systemdtest.Manager, base string, n int) {
 	t.Helper()
 	answered, stop := dicetest.Load(base, 4, 4)
+	defer stop() // Also when the test fails halfway.
+	// Waits until the service has answered 20 more requests.
+	answer20 := func() {
+		t.Helper()
+		least := answered() + 20
+		require.Eventually(t, func() bool { return answered() >= least }, 30*time.Second,
+			10*time.Millisecond, "20 more requests answered")
+	}
 	pids := map[int]bool{}
 	for i := range n {
-		for min := answered() + 20; answered() < min; {
-			time.Sleep(10 * time.Millisecond)
-		}
+		answer20()
 		pids[m.MainPID(t, "dice.service")] = true
 		m.MustSystemctl(t, "restart", "dice.service")
 		t.Logf("restart %d: %d requests answered so far", i+1, answered())
 	}
-	for min := answered() + 20; answered() < min; {
-		time.Sleep(10 * time.Millisecond)
-	}
+	answer20()
 	failed := stop()
 	t.Logf("%d restarts, %d processes: %d requests answered, %d failed", n, len(pids)+1,
 		answered(), len(failed))

@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,7 +69,7 @@ func New(t testing.TB) *Manager {
 		t.Skip("-short: no tests under a real systemd")
 	}
 	if _, err := exec.LookPath("systemctl"); err != nil {
-		unavailable(t, "systemctl not found: install systemd")
+		SkipOrFail(t, "no real systemd user manager: systemctl not found: install systemd")
 	}
 	// A short path: the manager's socket $XDG_RUNTIME_DIR/systemd/private must fit
 	// the 108 bytes of a unix socket address.
@@ -77,7 +78,7 @@ func New(t testing.TB) *Manager {
 	m, err := Start(ModuleRoot(t), filepath.Join(state, "m"))
 	if err != nil {
 		_ = os.RemoveAll(state)
-		unavailable(t, "%v", err)
+		SkipOrFail(t, fmt.Sprintf("no real systemd user manager: %v", err))
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -165,14 +166,18 @@ func Query(top, query, stage string) ([]string, error) {
 	return strings.Split(strings.TrimSuffix(string(out), "\n"), "\n"), nil
 }
 
-// Build builds programs into dir with the one recipe there is, `make build`.
-func Build(top, dir string, programs ...string) error {
-	cmd := exec.Command("make", "-s", "-C", top, "build", "BIN="+dir,
-		"PROGRAMS="+strings.Join(programs, " "))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("make build: %w\n%s", err, out)
+// Build builds programs (all of them if none) into dir with the one recipe there is,
+// `make build`, from the package pkg if not empty, and returns what it printed.
+func Build(top, dir, pkg string, programs ...string) (string, error) {
+	args := []string{"-s", "-C", top, "build", "BIN=" + dir, "PKG=" + pkg}
+	if len(programs) > 0 {
+		args = append(args, "PROGRAMS="+strings.Join(programs, " "))
 	}
-	return nil
+	out, err := exec.Command("make", args...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("make build: %w\n%s", err, out)
+	}
+	return string(out), nil
 }
 
 // DropIn adds the drop-in name.conf to unit (such as "dice.socket") and reloads.
@@ -229,15 +234,11 @@ func (m *Manager) MainPID(t testing.TB, unit string) int {
 // last saw after timeout.
 func (m *Manager) WaitProp(t testing.TB, unit, prop, want string, timeout time.Duration) {
 	t.Helper()
-	var got string
-	var err error
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
-		if got, err = m.Prop(unit, prop); err == nil && got == want {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: %s is %q (%v) after %s, want %q", unit, prop, got, err, timeout, want)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		got, err := m.Prop(unit, prop)
+		require.NoError(c, err)
+		assert.Equal(c, want, got, "%s of %s", prop, unit)
+	}, timeout, 50*time.Millisecond)
 }
 
 // Timestamp is a timestamp property of unit, such as ExecMainExitTimestamp, to the
@@ -269,13 +270,6 @@ func (m *Manager) systemctl(combined bool, args ...string) ([]byte, error) {
 	return out, err
 }
 
-// unavailable skips t because no real systemd can be had, or fails it when
-// DICE_REQUIRE_SYSTEMD=1.
-func unavailable(t testing.TB, format string, args ...any) {
-	t.Helper()
-	SkipOrFail(t, "no real systemd user manager: "+fmt.Sprintf(format, args...))
-}
-
 // Need returns the path of a systemd tool the test cannot do without, such as
 // systemd-analyze or systemd-socket-activate. When it is missing the test is
 // skipped, or fails where DICE_REQUIRE_SYSTEMD=1 (CI).
@@ -291,17 +285,6 @@ func Need(t testing.TB, program string) string {
 	return path
 }
 
-// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI), for
-// something a test cannot do without, such as python3-flask for a Flask backend.
-func SkipOrFail(t testing.TB, msg string) {
-	t.Helper()
-	if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
-		t.Fatal(msg + "\n(failing, not skipping, because DICE_REQUIRE_SYSTEMD=1)")
-	} else {
-		t.Skip(msg)
-	}
-}
-
 // BuildStage builds the package in stageDir (relative to the module root, such as
 // "02-socket-activated") into a temporary directory and returns that directory; the
 // binary in it is named after stageDir. A socket-activated stage must run as a
@@ -309,7 +292,8 @@ func SkipOrFail(t testing.TB, msg string) {
 func BuildStage(t testing.TB, stageDir string) string {
 	t.Helper()
 	dir := t.TempDir()
-	require.NoError(t, Build(ModuleRoot(t), dir, stageDir))
+	_, err := Build(ModuleRoot(t), dir, "", stageDir)
+	require.NoError(t, err)
 	return dir
 }
 
@@ -337,6 +321,42 @@ func FreePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// ProcessState is the state letter of process pid in /proc/<pid>/stat: R running, S
+// sleeping, T stopped (SIGSTOP), Z a zombie (it has exited; its parent has not
+// reaped it yet), ...; 0 when there is no such process.
+func ProcessState(pid int) byte {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// The state follows the command name, which is in parentheses and may hold any.
+	i := bytes.LastIndexByte(stat, ')')
+	if err != nil || i < 0 || i+2 >= len(stat) {
+		return 0
+	}
+	return stat[i+2]
+}
+
+// Subtests runs each of tests as a subtest of t, named by its key, all at once (each
+// a manager of its own, if it asks for one), and returns when they have all ended.
+// When every one of them skipped (-short, no systemd), t skips too: a test whose
+// subtests all skipped has tested nothing, and must not pass.
+func Subtests(t *testing.T, tests map[string]func(t *testing.T)) {
+	t.Helper()
+	var ran atomic.Bool
+	// Parallel subtests start once the function that started them has returned: this
+	// one level more is what waits for them.
+	t.Run("parallel", func(t *testing.T) {
+		for name, test := range tests {
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				test(t)
+				ran.Store(true) // Not reached after a skip, nor after a failure.
+			})
+		}
+	})
+	if !ran.Load() && !t.Failed() {
+		t.Skipf("all %d subtests skipped", len(tests))
+	}
+}
+
 // processesWithEnv lists the processes whose environment holds entry; services of
 // a user manager inherit its XDG_RUNTIME_DIR.
 func processesWithEnv(entry string) []string {
@@ -352,4 +372,15 @@ func processesWithEnv(entry string) []string {
 			string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
 	}
 	return found
+}
+
+// SkipOrFail skips t with msg, or fails it where DICE_REQUIRE_SYSTEMD=1 (CI): for what
+// a test cannot do without, such as a real systemd or python3-flask.
+func SkipOrFail(t testing.TB, msg string) {
+	t.Helper()
+	if os.Getenv("DICE_REQUIRE_SYSTEMD") == "1" {
+		t.Fatal(msg + "\n(failing, not skipping, because DICE_REQUIRE_SYSTEMD=1)")
+	} else {
+		t.Skip(msg)
+	}
 }

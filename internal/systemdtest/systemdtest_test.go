@@ -1,7 +1,6 @@
 package systemdtest
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -41,38 +40,28 @@ func TestUnitsAreCommittedPlusADropIn(t *testing.T) {
 func TestManagersKeepApartAndLeaveNothing(t *testing.T) {
 	t.Parallel()
 	// Stage tests run in parallel, each with a manager whose units have the same names.
-	var pids []int
-	var states []string
-	for range 2 {
-		t.Run("manager", func(t *testing.T) {
+	pids, states := make([]int, 2), make([]string, 2)
+	manager := func(i int) func(t *testing.T) {
+		return func(t *testing.T) {
 			m := New(t)
 			installStage02(t, m)
 			m.MustSystemctl(t, "start", "dice.socket")
 			m.WaitProp(t, "dice.socket", "SubState", "listening", 10*time.Second)
-			pids = append(pids, m.Pid())
-			states = append(states, m.state)
+			pids[i], states[i] = m.Pid(), m.state
 			cgroup, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", m.Pid()))
 			require.NoError(t, err)
 			assert.Contains(t, string(cgroup), fmt.Sprintf("/socket-dice-%d/", m.Pid()),
 				"the manager runs in a cgroup of its own")
-		})
+		}
 	}
-	if t.Skipped() || len(pids) < 2 {
-		return // The subtests said why.
-	}
+	Subtests(t, map[string]func(*testing.T){"manager 1": manager(0), "manager 2": manager(1)})
 	assert.NotEqual(t, pids[0], pids[1])
 	for i, pid := range pids {
-		assert.False(t, alive(pid), "manager %d still runs", pid)
+		require.Positive(t, pid, "manager %d started", i+1)
+		// A zombie has exited: only its parent has not reaped it yet.
+		assert.Contains(t, []byte{0, 'Z'}, ProcessState(pid), "manager %d still runs", pid)
 		assert.NoDirExists(t, states[i])
 	}
-}
-
-// alive tells whether process pid runs; a zombie (the manager's parent is gone, and
-// it waits for init to reap it) does not.
-func alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(stat, ')')
-	return err == nil && i > 0 && i+2 < len(stat) && stat[i+2] != 'Z'
 }
 
 type verdict struct {
@@ -84,7 +73,7 @@ func (v *verdict) Helper()           {}
 func (v *verdict) Skip(args ...any)  { v.skipped = fmt.Sprint(args...) }
 func (v *verdict) Fatal(args ...any) { v.failed = fmt.Sprint(args...) }
 
-func TestUnavailableSkipsUnlessRequired(t *testing.T) {
+func TestSkipOrFailSkipsUnlessRequired(t *testing.T) {
 	tests := []struct {
 		name, require string
 		skips         bool
@@ -97,7 +86,7 @@ func TestUnavailableSkipsUnlessRequired(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("DICE_REQUIRE_SYSTEMD", tt.require)
 			v := &verdict{TB: t}
-			unavailable(v, "no %s here", "unshare")
+			SkipOrFail(v, "no real systemd user manager: no unshare here")
 			if tt.skips {
 				assert.Equal(t, "no real systemd user manager: no unshare here", v.skipped)
 				assert.Empty(t, v.failed)
