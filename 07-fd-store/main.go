@@ -41,7 +41,7 @@ func run(idle time.Duration, log *slog.Logger) error {
 	// systemctl stop and restart send SIGTERM; Ctrl-C sends SIGINT.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	log.Info("serving", "addr", ln.Addr().String(), "pid", os.Getpid(), "taken back", len(taken))
+	log.Info("serving", "addr", ln.Addr().String(), "pid", os.Getpid(), "taken_back", len(taken))
 	return serve(ctx, ln, taken, &dice.Handler{Log: log}, log, idle, store)
 }
 
