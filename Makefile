@@ -20,7 +20,8 @@ ifneq ($(filter $(firstword $(MAKECMDGOALS)),run-stage diff),)
     $(eval $(N):;@:)
   endif
 endif
-STAGE = $(patsubst %/,%,$(wildcard 0$(N)-*/))
+# `make run-stage post-socket-activated`: the post's own units, units/post-*/.
+STAGE = $(strip $(patsubst %/,%,$(wildcard 0$(N)-*/) $(patsubst units/%,%,$(if $(filter post-%,$(N)),$(wildcard units/$(N)/)))))
 # Each stage builds on the one before it, except 04: one process per connection has
 # nothing to gain from an idle exit, so it builds on 02, as 03 does. And 05: the same
 # socket as 02, but in front of a proxy and an app that cannot take it (01's program).
@@ -29,7 +30,7 @@ BASE  = $(or $(if $(filter 4 5,$(N)),2),$(if $(filter 6 7 8,$(N)),3),$(shell exp
 PREV  = $(patsubst %/,%,$(wildcard 0$(BASE)-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
-.PHONY: install-system uninstall-system test-system test-distros measure bench
+.PHONY: install-system uninstall-system test-system test-distros transcripts measure bench
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -59,12 +60,13 @@ diff: ## diff N=3: what stage N adds to the one it builds on (04, 05: 02; 06-08:
 	@diff -ru --unidirectional-new-file --exclude=README.md --exclude='*_test.go' $(PREV) $(STAGE); test $$? -le 1
 	@diff -ruN units/$(PREV) units/$(STAGE); test $$? -le 1
 
-# BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy.
+# BACKEND=flask: stage 05 with the blog post's Flask app behind the proxy. The post's
+# own steps need Flask too.
 run-stage: build ## run-stage 2: install stage 2's units as user units and start them
 	@test -n "$(STAGE)" || { echo "usage: make run-stage 2   (stages: $(STAGES))"; exit 2; }
-	@test "$(BACKEND)" != flask || /usr/bin/python3 -c 'import flask' 2>/dev/null || { echo \
-		"BACKEND=flask needs Flask: apt-get install python3-flask (zypper install python3-Flask)"; \
-		exit 1; }
+	@if [ "$(BACKEND)" = flask ] || [ -n "$(filter post-%,$(STAGE))" ]; then \
+		/usr/bin/python3 -c 'import flask' 2>/dev/null || { echo "this needs Flask:" \
+		"apt-get install python3-flask (zypper install python3-Flask)"; exit 1; }; fi
 	@DICE_BACKEND="$(BACKEND)" scripts/run-stage $(STAGE)
 
 stop-stage: ## stop the running stage, remove its units (and a private manager)
@@ -87,6 +89,10 @@ test-system: ## every stage as system units (install-system), in Debian 12 under
 # DISTROS=trixie: only that release (bookworm, trixie, forky).
 test-distros: ## the README as a user in a login session, on Debian 12, 13 and testing
 	@scripts/test-distros $(DISTROS)
+
+# DICE_STEPS=transcripts scripts/test-distros trixie: the same, only checking them.
+transcripts: ## run the docs' console blocks in Debian 13 and write what they print back
+	@DICE_TRANSCRIPTS=update DICE_STEPS=transcripts scripts/test-distros trixie
 
 # Both build the stages with `make build` and run each one, the floors and the blog's
 # Flask app (Debian's python3-flask, not a venv's; without it, its rows are skipped)

@@ -89,15 +89,14 @@ func addTargets() {
 			t.backend = "flask"
 		}
 	}
-	// The post's next step: its dice.py on fd 3 (flask/activated.py), under 02's units.
+	// The post's next step: its dice_ng.py on fd 3, under 02's units.
 	add("fs", "Flask, socket-activated", "02-socket-activated", "bin", all, "dice.service",
-		noLimit+"[Service]\nEnvironment=PYTHONPATH="+top+"/05-socket-proxyd "+
-			"PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+python+" "+top+
-			"/internal/bench/flask/activated.py\n")
-	// Not a stage: flask/dice-flask.service as it is, run on this checkout's dice.py.
+		noLimit+"[Service]\nEnvironment=PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+
+			python+" "+top+"/post/dice_ng.py\n")
+	// Not a stage: units/post-always-on/dice.service as it is, run on this checkout's dice.py.
 	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
 		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
-			"ExecStart=%s -m flask --app %s/05-socket-proxyd/dice.py run --host 127.0.0.1 "+
+			"ExecStart=%s -m flask --app %s/post/dice.py run --host 127.0.0.1 "+
 			"--port %d\n", python, top, port))
 	if *measure {
 		return
@@ -204,7 +203,7 @@ func (t *target) install() (err error) {
 	case t.stage == "":
 		t.entry = []string{"dice-flask.service"}
 		dir := t.m.RuntimeDir() + "/systemd/user"
-		unit, err := os.ReadFile("internal/bench/flask/dice-flask.service")
+		unit, err := os.ReadFile("units/post-always-on/dice.service")
 		if err = errors.Join(err, os.MkdirAll(dir, 0o755)); err != nil {
 			return err
 		}
