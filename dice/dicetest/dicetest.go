@@ -248,3 +248,107 @@ func Burst[P any](n int, at time.Time, roll func() (P, error)) ([]P, []error) {
 	wg.Wait()
 	return pids, errs
 }
+
+// Kept is what KeptAlive's clients saw: requests answered and failed, the new
+// connections they had to open after a failure, and the longest a request waited.
+type Kept struct {
+	Answered, Failed, Reconnects int64
+	LongestWait                  time.Duration
+	Errors                       []error // the first few failures
+}
+
+// KeptAlive starts n clients that each open one connection to addr and send GET /roll
+// on it, one request after the other, until stop is called. A client never retries:
+// a request that fails (the connection closed or reset, a bad answer) counts as
+// failed, and the client opens a new connection for the next one (a reconnect), as
+// it does after an answer that closes the connection (Connection: close).
+// answered counts the requests answered so far.
+func KeptAlive(addr string, n int) (answered func() int64, stop func() Kept) {
+	var (
+		mu   sync.Mutex
+		kept Kept
+		ok   atomic.Int64
+		wg   sync.WaitGroup
+	)
+	done := make(chan struct{})
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var c net.Conn
+			var r *bufio.Reader
+			for first := true; ; first = false {
+				select {
+				case <-done:
+					if c != nil {
+						c.Close()
+					}
+					return
+				default:
+				}
+				var err error
+				if c == nil {
+					if c, err = net.DialTimeout("tcp", addr, 30*time.Second); err == nil {
+						r = bufio.NewReader(c)
+					}
+					if !first {
+						mu.Lock()
+						kept.Reconnects++
+						mu.Unlock()
+					}
+				}
+				start := time.Now()
+				closed := false
+				if err == nil {
+					closed, err = keptRoll(c, r)
+				}
+				mu.Lock()
+				kept.LongestWait = max(kept.LongestWait, time.Since(start))
+				if err != nil {
+					kept.Failed++
+					if len(kept.Errors) < 5 {
+						kept.Errors = append(kept.Errors, err)
+					}
+				}
+				mu.Unlock()
+				if err == nil {
+					ok.Add(1)
+				}
+				if (err != nil || closed) && c != nil {
+					c.Close()
+					c = nil
+				}
+			}
+		}()
+	}
+	return ok.Load, func() Kept {
+		close(done)
+		wg.Wait()
+		kept.Answered = ok.Load()
+		return kept
+	}
+}
+
+// keptRoll is one GET /roll on the connection c, read through r; closed tells that
+// the server closes the connection after this answer.
+func keptRoll(c net.Conn, r *bufio.Reader) (closed bool, err error) {
+	if err := c.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		return false, err
+	}
+	if _, err := fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n"); err != nil {
+		return false, err
+	}
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	var a dice.Answer
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+		return false, err
+	}
+	if resp.StatusCode != http.StatusOK || a.Result < 1 || a.Result > 6 {
+		return false, fmt.Errorf("status %d, result %d", resp.StatusCode, a.Result)
+	}
+	return resp.Close, nil
+}

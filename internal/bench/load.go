@@ -8,11 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"socket-dice/dice/dicetest"
 )
 
 // measureRSS reads the RSS of t started, after one request, after n requests on one
@@ -86,6 +89,41 @@ func measureLoads() {
 			}
 			return s
 		})
+}
+
+// measureRestarts runs 16 clients on kept-alive connections, which never retry, through
+// 6 restarts of dice.service, then through an upgrade: a new binary, then a restart.
+func measureRestarts() {
+	for _, t := range rows("restart") {
+		logf("restarts under load: %s", t.label)
+		program := tmp + "/" + t.bin + "/" + t.programs()[0]
+		t.restart = t.underLoad(6, func() error { return nil })
+		t.upgrade = t.underLoad(1, func() error {
+			data, err := os.ReadFile(program) // a new file renamed over the old one
+			return errors.Join(err, os.WriteFile(program+".new", data, 0o755),
+				os.Rename(program+".new", program))
+		})
+		logf("  restarts %+v, upgrade %+v", t.restart, t.upgrade)
+	}
+}
+
+// underLoad restarts dice.service n times while dicetest.KeptAlive's 16 clients call
+// t, each time after they had 100 more answers, and after before.
+func (t *target) underLoad(n int, before func() error) dicetest.Kept {
+	answered, stop := dicetest.KeptAlive("127.0.0.1:"+strconv.Itoa(t.port), 16)
+	more := func() error {
+		min := answered() + 100
+		return waitFor(30*time.Second, t.label+" to answer", func() bool { return answered() >= min })
+	}
+	err := more()
+	for range n {
+		err = errors.Join(err, before(), t.systemctl("restart", "dice.service"), more())
+	}
+	kept := stop()
+	if err != nil {
+		kept.Errors = append(kept.Errors, err)
+	}
+	return kept
 }
 
 // alternate measures the rows of table in turn, rounds times, adding up each one's

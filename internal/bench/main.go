@@ -95,6 +95,7 @@ func run() (err error) {
 	}
 	if !*measure {
 		measureLoads()
+		measureRestarts()
 	}
 	return write()
 }

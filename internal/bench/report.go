@@ -16,6 +16,7 @@ import (
 	"text/template"
 	"time"
 
+	"socket-dice/dice/dicetest"
 	"socket-dice/internal/systemdtest"
 )
 
@@ -184,6 +185,10 @@ func figures() map[string]string {
 				return []string{fmt.Sprintf("%.0f", t.conn.rate()), failures(t.conn),
 					ratio(t.conn, get("f04").conn), ratio(t.conn, get("c04").conn)}
 			})),
+		"restart": table("| | under load | answered | failed | reconnects | longest wait |",
+			slices.Concat(cells("restart", func(t *target) []string {
+				return kept("6 restarts", t.restart)
+			}), cells("restart", func(t *target) []string { return kept("an upgrade", t.upgrade) }))),
 		"day": table("| | active a day, 10 calls | MiB·h | active a day, 1,000 calls | MiB·h |",
 			cells("day", func(t *target) []string {
 				return []string{span(active(t, 10)), num(mibh(t, 10)), span(active(t, 1000)),
@@ -429,6 +434,16 @@ func failures(s sample) string {
 		return fmt.Sprint(s.failed)
 	}
 	return fmt.Sprintf("%d (first error: %v)", s.failed, s.err)
+}
+
+// kept is a row of the restart table; an error of the run itself (a failed restart)
+// shows in its last cell.
+func kept(what string, k dicetest.Kept) []string {
+	wait := ms(k.LongestWait)
+	if k.Failed == 0 && len(k.Errors) > 0 {
+		wait += fmt.Sprintf(" (%v)", k.Errors)
+	}
+	return []string{what, fmt.Sprint(k.Answered), fmt.Sprint(k.Failed), fmt.Sprint(k.Reconnects), wait}
 }
 
 // ratio is a's rate to b's, "–" when b was not measured.

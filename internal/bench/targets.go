@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"socket-dice/dice/dicetest"
 	"socket-dice/internal/systemdtest"
 )
 
@@ -38,6 +39,7 @@ type target struct {
 
 	rss              [4]rss // started, after the 1st request, after n, connection closed
 	cold, warm, conn sample
+	restart, upgrade dicetest.Kept // 16 kept-alive clients through restarts, an upgrade
 }
 
 // addTargets adds what is measured, each on a free port of its own, in the order
@@ -66,7 +68,9 @@ func addTargets() {
 	noLimit := "# bench: stopped and started 30 times.\n[Unit]\nStartLimitIntervalSec=0\n"
 	add("01", "01-always-on", "01-always-on", "bin", []string{"rss", "warm", "day"})
 	add("02", "02-socket-activated", "02-socket-activated", "bin", all, "dice.service", noLimit)
-	t := add("03", "03-idle-exit", "03-idle-exit", "bin", all)
+	t := add("03", "03-idle-exit", "03-idle-exit", "bin", append(all, "restart"))
+	t.exits, t.args = true, []string{"-idle", idle.String()}
+	t = add("07", "07-fd-store", "07-fd-store", "bin", []string{"restart"})
 	t.exits, t.args = true, []string{"-idle", idle.String()}
 	add("04", "04-accept-yes", "04-accept-yes", "bin",
 		[]string{"rss", "cold", "conn", "day"}).exits = true

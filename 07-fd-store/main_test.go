@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"socket-dice/dice/dicetest"
+	"socket-dice/internal/stagetest"
+)
+
+func TestMain(m *testing.M) { stagetest.Main(m, main) }
+
+func TestWithoutSystemdItSaysWhatToDo(t *testing.T) {
+	code, out := stagetest.Exit(t, stagetest.Self("-idle", "1s"))
+	assert.Equal(t, 1, code)
+	assert.Contains(t, out, "LISTEN_FDS unset")
+	assert.Contains(t, out, "make run-stage 7")
+}
+
+// TestExitsWhenIdle passes a listening socket as systemd would: the stage serves
+// a roll, then exits 0 on its own once no connection has been open for -idle.
+func TestExitsWhenIdle(t *testing.T) {
+	ln := stagetest.TCPListener(t)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "300ms")
+	exited := stagetest.Start(t, cmd)
+
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	status, pid, _ := dicetest.Roll(t, client, "http://"+ln.Addr().String())
+	assert.Equal(t, http.StatusOK, status)
+	assert.Equal(t, cmd.Process.Pid, pid)
+	select {
+	case err := <-exited:
+		assert.NoError(t, err, "exit status 0 when idle")
+	case <-time.After(5 * time.Second):
+		t.Fatal("still running 5 s after the last connection closed, with -idle 300ms")
+	}
+}
+
+// TestKeepAliveHoldsIt sends a request every 100 ms over one keep-alive connection
+// for three idle periods: the stage must not exit while the connection is open,
+// and must exit once it closes.
+func TestKeepAliveHoldsIt(t *testing.T) {
+	ln := stagetest.TCPListener(t)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "300ms")
+	exited := stagetest.Start(t, cmd)
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	r := bufio.NewReader(c)
+	for i := 0; i < 10; i++ {
+		_, err := fmt.Fprintf(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(r, nil)
+		require.NoError(t, err, "request %d on the kept-alive connection", i)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("exited (%v) while a keep-alive connection was in use", err)
+	default:
+	}
+	require.NoError(t, c.Close())
+	select {
+	case err := <-exited:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("still running 5 s after the connection closed")
+	}
+}
+
+// TestTakesBackStoredConnections passes, after the listening socket, a connection
+// named "keepalive", as systemd passes one from the fd store: the stage answers a
+// request on it, and on a new connection too.
+func TestTakesBackStoredConnections(t *testing.T) {
+	ln := stagetest.TCPListener(t)
+	server, client := stagetest.TCPConn(t)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln), stagetest.File(t, server)},
+		[]string{"LISTEN_FDNAMES=dice.socket:keepalive"}, "-idle", "300ms")
+	exited := stagetest.Start(t, cmd)
+	server.Close() // The stage holds it now, as systemd's copy is dropped.
+
+	pids := dicetest.KeepAliveRolls(t, client, 2)
+	assert.Equal(t, []string{strconv.Itoa(cmd.Process.Pid), strconv.Itoa(cmd.Process.Pid)}, pids)
+	status, pid, _ := dicetest.Roll(t, dicetest.NewConn, "http://"+ln.Addr().String())
+	assert.Equal(t, http.StatusOK, status)
+	assert.Equal(t, cmd.Process.Pid, pid)
+	require.NoError(t, client.Close())
+	select {
+	case err := <-exited:
+		assert.NoError(t, err, "exit status 0 when idle")
+	case <-time.After(5 * time.Second):
+		t.Fatal("still running 5 s after the last connection closed, with -idle 300ms")
+	}
+}
+
+// TestWrongActivation: what systemd passes must be one listening socket, and stored
+// connections; anything else is refused with what to change.
+func TestWrongActivation(t *testing.T) {
+	server, _ := stagetest.TCPConn(t)
+	for _, tt := range []struct {
+		name  string
+		files []*os.File
+		names string
+		says  string
+	}{
+		{"no listening socket", []*os.File{stagetest.File(t, server)}, "keepalive",
+			"0 sockets besides the stored connections"},
+		{"two listening sockets", []*os.File{stagetest.File(t, stagetest.TCPListener(t)),
+			stagetest.File(t, stagetest.TCPListener(t))}, "a:b", "give the socket unit one ListenStream="},
+		{"Accept=yes", []*os.File{stagetest.File(t, server)}, "connection", "Accept=yes"},
+		{"a datagram socket", []*os.File{stagetest.File(t, stagetest.UDPConn(t))}, "dice.socket",
+			"not a stream socket"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := stagetest.Exit(t, stagetest.Activated(tt.files,
+				[]string{"LISTEN_FDNAMES=" + tt.names}, "-idle", "1s"))
+			assert.Equal(t, 1, code)
+			assert.Contains(t, out, tt.says)
+		})
+	}
+}
