@@ -27,8 +27,7 @@ var measureTemplate string
 var region = regexp.MustCompile(`(?s)(<!-- bench:([a-z0-9]+) -->\n?).*?(\n?<!-- /bench -->)`)
 
 // write prints the RSS table (-measure), or fills the figures of docs/bench.md, the
-// READMEs and docs/ and writes docs/bench.svg and bench-day.svg (-quick: all of them
-// into a new temporary directory).
+// READMEs and docs/ (-quick: into a new temporary directory).
 func write() (err error) {
 	if *measure {
 		if !flaskOK {
@@ -41,20 +40,8 @@ func write() (err error) {
 	if err == nil && *quick {
 		dir, err = os.MkdirTemp("", "dice-bench-out-")
 	}
-	logf("the run took %s; writing docs/bench.svg, docs/bench-day.svg and the figures of %s "+
-		"in %s", time.Since(started).Round(time.Second), slices.Sorted(maps.Keys(files)), dir)
-	day := func(title string, calls int) panel {
-		return panel{title + " calls a day", " MiB·h", "day",
-			func(t *target) float64 { return mibh(t, calls) }}
-	}
-	files["docs/bench.svg"] = svg(fmt.Sprintf("socket-dice: memory and cold start (%s, %d "+
-		"CPUs, %s)", started.UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version()),
-		panel{fmt.Sprintf("RSS after %d requests", requests), " MiB", "rss",
-			func(t *target) float64 { return float64(t.rss[2].kib) / 1024 }},
-		panel{"Cold first response, p50", " ms", "cold",
-			func(t *target) float64 { return float64(t.cold.p(50)) / 1e6 }})
-	files["docs/bench-day.svg"] = svg("Memory × time a day, calls spread over the day (MiB·h)",
-		day("10", 10), day("1,000", 1000))
+	logf("the run took %s; writing the figures of %s in %s",
+		time.Since(started).Round(time.Second), slices.Sorted(maps.Keys(files)), dir)
 	for name, text := range files {
 		if err == nil {
 			err = errors.Join(os.MkdirAll(filepath.Dir(dir+"/"+name), 0o755),
@@ -304,41 +291,6 @@ func committedIdle(stage string) time.Duration {
 		}
 	}
 	return 0
-}
-
-// panel is one bar chart of an image: a bar per row of table, value(t) long.
-type panel struct {
-	title, unit, table string
-	value              func(*target) float64
-}
-
-// svg is an image of panels side by side, as tall as the longest; Flask's bars orange.
-func svg(title string, panels ...panel) string {
-	bars, s := 0, ""
-	for i, p := range panels {
-		longest := 0.0
-		for _, t := range rows(p.table) {
-			longest = max(longest, p.value(t))
-		}
-		s += fmt.Sprintf(`<g transform="translate(%d 0)"><text y="52" font-weight="bold">%s`+
-			"</text>\n", 10+470*i, p.title)
-		for j, t := range rows(p.table) {
-			width, color := p.value(t)/longest*200, "#4292c6"
-			if t.flask {
-				color = "#fd8d3c"
-			}
-			s += fmt.Sprintf(`<g transform="translate(0 %d)"><text x="180" y="13" `+
-				`text-anchor="end">%s</text><rect x="185" width="%.1f" height="18" fill="%s"/>`+
-				`<text x="189" dx="%.1f" y="13">%s%s</text></g>`+"\n", 64+26*j, t.label, width,
-				color, width, num(p.value(t)), p.unit)
-			bars = max(bars, j+1)
-		}
-		s += "</g>\n"
-	}
-	return fmt.Sprintf(`<svg xmlns="http://www.w3.org/2000/svg" width="940" height="%d" `+
-		`font-family="sans-serif" font-size="12">`+"\n"+`<rect width="100%%" height="100%%" `+
-		`fill="white"/>`+"\n"+`<text x="10" y="22" font-size="15" font-weight="bold">%s</text>`+
-		"\n%s</svg>\n", 74+26*bars, title, s)
 }
 
 // mib is kib, of t's memory, in MiB; "–" if t was not measured (no Flask here).

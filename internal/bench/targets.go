@@ -29,7 +29,7 @@ type target struct {
 	args       []string // appended to the committed ExecStart= of its program (03's -idle)
 	backend    string   // stage 05's app: "" (stage 01's program) or "flask"
 	unix       string   // requests go to this unix socket, below XDG_RUNTIME_DIR, not TCP
-	flask      bool     // the app is the post's dice.py (a label with "Flask"): orange in charts
+	flask      bool     // the app is the post's dice.py (a label with "Flask")
 
 	port  int
 	entry []string // the units that start it (scripts/run-stage --units)
