@@ -150,7 +150,6 @@ func figures() map[string]string {
 		"warmtime": warmDur.String(), "conntime": connDur.String(),
 		"idle03": span(committedIdle("03-idle-exit")),
 		"idle05": span(committedIdle("05-socket-proxyd")),
-		"goals":  table("| goal | measured | |", goals()),
 		"rss": table(fmt.Sprintf("| stage | started, no request yet | after the 1st request "+
 			"| after %d requests | connection closed |", requests), cells("rss",
 			func(t *target) []string {
@@ -194,59 +193,6 @@ func table(header string, rows [][]string) string {
 		s += "| " + strings.Join(cells, " | ") + " |\n"
 	}
 	return s
-}
-
-// goals are the project's goals, each as goal, measured figures, verdict.
-func goals() (g [][]string) {
-	add := func(goal string, met bool, format string, args ...any) {
-		verdict := "**missed**"
-		if met {
-			verdict = "**met**"
-		}
-		g = append(g, []string{goal, fmt.Sprintf(format, args...), verdict})
-	}
-	idle := 0
-	for _, k := range []string{"02", "03", "04", "05", "05f"} {
-		if t := get(k); t.exits {
-			idle += t.rss[0].procs + t.rss[3].procs
-		} else {
-			idle += t.rss[0].procs
-		}
-	}
-	add("P1 stages 02–05 idle: no process, 0 KiB", idle == 0, "%d processes before the first "+
-		"request (02–05) and after idle or close (03–05)", idle)
-	goMax, flask := goMax(), get("flask").rss[2].kib
-	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask && flaskOK,
-		"largest Go stage %d KiB / Flask %d KiB (after %d requests) = %.2f×", goMax, flask,
-		requests, float64(goMax)/float64(flask))
-	fl := get("fs").cold.p(50) // Flask timed as the stages are, from the client's connect
-	for _, k := range []string{"02", "03", "04"} {
-		s, f := get(k).cold, get("f"+k).cold.p(50)
-		x, y := float64(s.p(50))/float64(f), float64(s.p(50))/float64(fl)
-		add("P2 "+k+" cold ≤ 1.5× floor, ≤ 0.1× socket-activated Flask",
-			x <= 1.5 && y <= 0.1 && s.failed == 0 && flaskOK,
-			"p50 %s vs floor %s = %.2f×; vs Flask %s = %.3f×", ms(s.p(50)), ms(f), x, ms(fl), y)
-	}
-	base := get("01").warm
-	for _, k := range []string{"02", "03"} {
-		w := get(k).warm
-		add("P3 warm throughput "+k+"/01 ≥ 0.95", w.rate() >= 0.95*base.rate() && w.failed == 0,
-			"%.0f / %.0f req/s = %.2f", w.rate(), base.rate(), w.rate()/base.rate())
-	}
-	s, f, c := get("04").conn, get("f04").conn, get("c04").conn
-	add("P4 stage 04 ≥ 0.9× the Go floor's connections/s, 0 failures",
-		s.rate() >= 0.9*f.rate() && s.failed == 0,
-		"%.0f / %.0f conn/s = %.2f×, %d failed", s.rate(), f.rate(), s.rate()/f.rate(), s.failed)
-	if c.ok > 0 {
-		add("P4 stage 04 ≥ 0.85× the C floor's connections/s", s.rate() >= 0.85*c.rate(),
-			"%.0f / %.0f conn/s = %.2f×", s.rate(), c.rate(), s.rate()/c.rate())
-	}
-	re := get("03").cold
-	listening := get("03").m != nil && get("03").listening()
-	add("P5 stage 03 re-activated after every idle exit, 0 failures", re.failed == 0 &&
-		listening, "%d of %d cold starts answered, each by a new process; socket listening: %v",
-		re.ok, re.ok+re.failed, listening)
-	return g
 }
 
 // goMax is the largest RSS of a Go stage (01-04) after its 1st or nth request, in KiB.
