@@ -2,13 +2,13 @@
 // post's Flask app and with floors (floor/, cfloor/), each in a private user manager of
 // its own (internal/systemdtest); docs/bench.md says how.
 //
-//	go run ./internal/bench            the full run (minutes): docs/bench.md, bench*.svg
+//	go run ./internal/bench            the full run (minutes): every figure, docs/bench.md
 //	go run ./internal/bench -quick     a smoke run (< 1 min), into a temporary directory
 //	go run ./internal/bench -measure   only the RSS table, on stdout (make measure)
 //
 // Run it from the repository's top directory, on a quiet machine (a low `uptime`).
 // Its parts: targets.go, what is measured and its units (a new stage adds its rows
-// there); load.go, the measurements; report.go, the tables, charts and figures.
+// there); load.go, the measurements; report.go, the tables and figures.
 package main
 
 import (

@@ -28,8 +28,7 @@ var measureTemplate string
 var region = regexp.MustCompile(`(?s)(<!-- bench:([a-z0-9]+) -->\n?).*?(\n?<!-- /bench -->)`)
 
 // write prints the RSS table (-measure), or fills the figures of docs/bench.md, the
-// READMEs and docs/ and writes docs/bench.svg and bench-day.svg (-quick: all of them
-// into a new temporary directory).
+// READMEs and docs/ (-quick: into a new temporary directory).
 func write() (err error) {
 	if *measure {
 		if !flaskOK {
@@ -42,20 +41,8 @@ func write() (err error) {
 	if err == nil && *quick {
 		dir, err = os.MkdirTemp("", "dice-bench-out-")
 	}
-	logf("the run took %s; writing docs/bench.svg, docs/bench-day.svg and the figures of %s "+
-		"in %s", time.Since(started).Round(time.Second), slices.Sorted(maps.Keys(files)), dir)
-	day := func(title string, calls int) panel {
-		return panel{title + " calls a day", " MiB·h", "day",
-			func(t *target) float64 { return mibh(t, calls) }}
-	}
-	files["docs/bench.svg"] = svg(fmt.Sprintf("socket-dice: memory and cold start (%s, %d "+
-		"CPUs, %s)", started.UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version()),
-		panel{fmt.Sprintf("RSS after %d requests", requests), " MiB", "rss",
-			func(t *target) float64 { return float64(t.rss[2].kib) / 1024 }},
-		panel{"Cold first response, p50", " ms", "cold",
-			func(t *target) float64 { return float64(t.cold.p(50)) / 1e6 }})
-	files["docs/bench-day.svg"] = svg("Memory × time a day, calls spread over the day (MiB·h)",
-		day("10", 10), day("1,000", 1000))
+	logf("the run took %s; writing the figures of %s in %s",
+		time.Since(started).Round(time.Second), slices.Sorted(maps.Keys(files)), dir)
 	for name, text := range files {
 		if err == nil {
 			err = errors.Join(os.MkdirAll(filepath.Dir(dir+"/"+name), 0o755),
@@ -164,7 +151,6 @@ func figures() map[string]string {
 		"warmtime": warmDur.String(), "conntime": connDur.String(),
 		"idle03": span(committedIdle("03-idle-exit")),
 		"idle05": span(committedIdle("05-socket-proxyd")),
-		"goals":  table("| goal | measured | |", goals()),
 		"rss": table(fmt.Sprintf("| stage | started, no request yet | after the 1st request "+
 			"| after %d requests | connection closed |", requests), cells("rss",
 			func(t *target) []string {
@@ -214,59 +200,6 @@ func table(header string, rows [][]string) string {
 	return s
 }
 
-// goals are the project's goals, each as goal, measured figures, verdict.
-func goals() (g [][]string) {
-	add := func(goal string, met bool, format string, args ...any) {
-		verdict := "**missed**"
-		if met {
-			verdict = "**met**"
-		}
-		g = append(g, []string{goal, fmt.Sprintf(format, args...), verdict})
-	}
-	idle := 0
-	for _, k := range []string{"02", "03", "04", "05", "05f"} {
-		if t := get(k); t.exits {
-			idle += t.rss[0].procs + t.rss[3].procs
-		} else {
-			idle += t.rss[0].procs
-		}
-	}
-	add("P1 stages 02–05 idle: no process, 0 KiB", idle == 0, "%d processes before the first "+
-		"request (02–05) and after idle or close (03–05)", idle)
-	goMax, flask := goMax(), get("flask").rss[2].kib
-	add("P1 Go active RSS ≤ 0.25× Flask's", goMax*4 <= flask && flaskOK,
-		"largest Go stage %d KiB / Flask %d KiB (after %d requests) = %.2f×", goMax, flask,
-		requests, float64(goMax)/float64(flask))
-	fl := get("fs").cold.p(50) // Flask timed as the stages are, from the client's connect
-	for _, k := range []string{"02", "03", "04"} {
-		s, f := get(k).cold, get("f"+k).cold.p(50)
-		x, y := float64(s.p(50))/float64(f), float64(s.p(50))/float64(fl)
-		add("P2 "+k+" cold ≤ 1.5× floor, ≤ 0.1× socket-activated Flask",
-			x <= 1.5 && y <= 0.1 && s.failed == 0 && flaskOK,
-			"p50 %s vs floor %s = %.2f×; vs Flask %s = %.3f×", ms(s.p(50)), ms(f), x, ms(fl), y)
-	}
-	base := get("01").warm
-	for _, k := range []string{"02", "03"} {
-		w := get(k).warm
-		add("P3 warm throughput "+k+"/01 ≥ 0.95", w.rate() >= 0.95*base.rate() && w.failed == 0,
-			"%.0f / %.0f req/s = %.2f", w.rate(), base.rate(), w.rate()/base.rate())
-	}
-	s, f, c := get("04").conn, get("f04").conn, get("c04").conn
-	add("P4 stage 04 ≥ 0.9× the Go floor's connections/s, 0 failures",
-		s.rate() >= 0.9*f.rate() && s.failed == 0,
-		"%.0f / %.0f conn/s = %.2f×, %d failed", s.rate(), f.rate(), s.rate()/f.rate(), s.failed)
-	if c.ok > 0 {
-		add("P4 stage 04 ≥ 0.85× the C floor's connections/s", s.rate() >= 0.85*c.rate(),
-			"%.0f / %.0f conn/s = %.2f×", s.rate(), c.rate(), s.rate()/c.rate())
-	}
-	re := get("03").cold
-	listening := get("03").m != nil && get("03").listening()
-	add("P5 stage 03 re-activated after every idle exit, 0 failures", re.failed == 0 &&
-		listening, "%d of %d cold starts answered, each by a new process; socket listening: %v",
-		re.ok, re.ok+re.failed, listening)
-	return g
-}
-
 // goMax is the largest RSS of a Go stage (01-04) after its 1st or nth request, in KiB.
 func goMax() (kib int) {
 	for _, k := range []string{"01", "02", "03", "04"} {
@@ -309,41 +242,6 @@ func committedIdle(stage string) time.Duration {
 		}
 	}
 	return 0
-}
-
-// panel is one bar chart of an image: a bar per row of table, value(t) long.
-type panel struct {
-	title, unit, table string
-	value              func(*target) float64
-}
-
-// svg is an image of panels side by side, as tall as the longest; Flask's bars orange.
-func svg(title string, panels ...panel) string {
-	bars, s := 0, ""
-	for i, p := range panels {
-		longest := 0.0
-		for _, t := range rows(p.table) {
-			longest = max(longest, p.value(t))
-		}
-		s += fmt.Sprintf(`<g transform="translate(%d 0)"><text y="52" font-weight="bold">%s`+
-			"</text>\n", 10+470*i, p.title)
-		for j, t := range rows(p.table) {
-			width, color := p.value(t)/longest*200, "#4292c6"
-			if t.flask {
-				color = "#fd8d3c"
-			}
-			s += fmt.Sprintf(`<g transform="translate(0 %d)"><text x="180" y="13" `+
-				`text-anchor="end">%s</text><rect x="185" width="%.1f" height="18" fill="%s"/>`+
-				`<text x="189" dx="%.1f" y="13">%s%s</text></g>`+"\n", 64+26*j, t.label, width,
-				color, width, num(p.value(t)), p.unit)
-			bars = max(bars, j+1)
-		}
-		s += "</g>\n"
-	}
-	return fmt.Sprintf(`<svg xmlns="http://www.w3.org/2000/svg" width="940" height="%d" `+
-		`font-family="sans-serif" font-size="12">`+"\n"+`<rect width="100%%" height="100%%" `+
-		`fill="white"/>`+"\n"+`<text x="10" y="22" font-size="15" font-weight="bold">%s</text>`+
-		"\n%s</svg>\n", 74+26*bars, title, s)
 }
 
 // mib is kib, of t's memory, in MiB; "–" if t was not measured (no Flask here).

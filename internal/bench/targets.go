@@ -31,7 +31,7 @@ type target struct {
 	backend    string   // stage 05's app: "" (stage 01's program) or "flask"
 	unix       string   // requests go to this unix socket, below XDG_RUNTIME_DIR, not TCP
 	path       string   // what requests ask for, if not /roll (06's unix socket: /stats)
-	flask      bool     // the app is the post's dice.py (a label with "Flask"): orange in charts
+	flask      bool     // the app is the post's dice.py (a label with "Flask")
 
 	port  int
 	entry []string // the units that start it (scripts/run-stage --units)
