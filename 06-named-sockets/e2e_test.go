@@ -3,7 +3,7 @@ package main
 // The tests in this file run units/06-named-sockets under a real systemd user manager
 // of their own (package systemdtest): dice.socket on a free port of 127.0.0.1 and
 // [::1] instead of 8080, dice-admin.socket where the unit puts it (%t, the manager's
-// runtime directory), with -idle 300ms.
+// runtime directory), with -idle 3s.
 
 import (
 	"errors"
@@ -36,14 +36,16 @@ type stage struct {
 }
 
 // installStage installs the units, with the stage's binary in bin (built here if
-// ""), -idle 300ms and dice.socket on a free port.
+// ""), -idle 3s and dice.socket on a free port. The idle time is long enough for the
+// checks that follow a first connection to find the same process on a loaded machine
+// (each opens a connection of its own, and between two the idle clock runs).
 func installStage(t *testing.T, bin string) *stage {
 	t.Helper()
 	m := systemdtest.New(t)
 	if bin == "" {
 		bin = systemdtest.BuildStage(t, "06-named-sockets")
 	}
-	require.NoError(t, m.InstallStage("06-named-sockets", bin, "", "-idle", "300ms"))
+	require.NoError(t, m.InstallStage("06-named-sockets", bin, "", "-idle", "3s"))
 	port := systemdtest.FreePort(t)
 	s := &stage{m: m, ipv4: fmt.Sprintf("http://127.0.0.1:%d", port),
 		ipv6: fmt.Sprintf("http://[::1]:%d", port), admin: m.RuntimeDir() + "/dice-admin.sock"}
@@ -119,7 +121,7 @@ func TestEverySocketStartsTheService(t *testing.T) {
 					if s.hasIPv6Loop {
 						assert.Equal(t, pid, s.rollAndNoStats(t, s.ipv6), "IPv6")
 					}
-					s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
+					s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
 					assert.Equal(t, "success", s.m.Show(t, "dice.service", "Result"))
 					assert.NoDirExists(t, fmt.Sprintf("/proc/%d", pid), "the process is gone")
 					for _, u := range order {
@@ -280,10 +282,10 @@ func TestSocketFileBelongsToSystemd(t *testing.T) {
 	}
 	before := inode()
 	first := stats(t, s.admin).Pid
-	s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
+	s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
 	assert.Equal(t, before, inode(), "the same file after the idle exit")
 	assert.NotEqual(t, first, stats(t, s.admin).Pid, "a new process answers")
-	s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 10*time.Second)
+	s.m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
 
 	s.m.MustSystemctl(t, "stop", "dice-admin.socket")
 	assert.NoFileExists(t, s.admin, "RemoveOnStop=yes")
