@@ -23,6 +23,8 @@ func TestMatch(t *testing.T) {
 			"Active: active (running) since Mon 2026-11-30 17:09:37 UTC; 73ms ago",
 			"Dice-Pid: 123\nDate: Fri, 4 Dec 2026 10:13:37 GMT\n" +
 				"Active: active (running) since Fri 2026-12-04 10:13:37 UTC; 1min 3s ago", true, 3},
+		{"RFC 3339 times", "time=2026-12-04T11:52:50.452Z level=INFO",
+			"time=2026-12-04T12:08:47.216Z level=INFO", true, 1},
 		{"columns", "    PID   RSS CMD\n  23879  5644 /bin/x", "  PID   RSS CMD\n  123 31608 /bin/x", true, 2},
 		{"a word differs", "Dice-Pid: 4614", "Dice-PID: 4614", false, 0},
 		{"a line too many", "a", "a\nb", false, 1},
