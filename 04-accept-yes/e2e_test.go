@@ -30,12 +30,12 @@ import (
 
 // startSocket starts dice.socket under a private systemd user manager, with dropIn,
 // if not empty, as a drop-in of dice.socket, and returns the manager and the address.
-func startSocket(t *testing.T, dropIn string) (*systemdtest.Manager, string) {
+func startSocket(t *testing.T, dropIn string, args ...string) (*systemdtest.Manager, string) {
 	t.Helper()
 	m := systemdtest.New(t)
 	bin := systemdtest.BuildStage(t, "04-accept-yes")
 	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
-	require.NoError(t, m.InstallStage("04-accept-yes", bin, addr))
+	require.NoError(t, m.InstallStage("04-accept-yes", bin, addr, args...))
 	if dropIn != "" {
 		require.NoError(t, m.DropIn("dice.socket", "test", dropIn))
 	}
@@ -223,8 +223,9 @@ type closed struct {
 }
 
 // silent opens n connections to addr from the loopback address src that send
-// nothing, and reports how each one ends, on the channel it returns.
-func silent(t *testing.T, addr, src string, n int) <-chan closed {
+// nothing, and reports how each one ends, on the channel it returns; a connection
+// still open after wait ends with a timeout error.
+func silent(t *testing.T, addr, src string, n int, wait time.Duration) <-chan closed {
 	t.Helper()
 	ends := make(chan closed, n)
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
@@ -234,7 +235,7 @@ func silent(t *testing.T, addr, src string, n int) <-chan closed {
 		t.Cleanup(func() { c.Close() })
 		dialed := time.Now()
 		go func() {
-			_ = c.SetReadDeadline(dialed.Add(dice.ReadHeaderTimeout + 20*time.Second))
+			_ = c.SetReadDeadline(dialed.Add(wait))
 			n, err := c.Read(make([]byte, 1))
 			if n > 0 {
 				err = fmt.Errorf("read %d bytes", n)
@@ -260,7 +261,8 @@ func TestUnderSystemdMaxConnections(t *testing.T) {
 
 	var chans []<-chan closed
 	for i := range sources {
-		chans = append(chans, silent(t, addr, fmt.Sprintf("127.0.0.%d", 10+i), each))
+		chans = append(chans, silent(t, addr, fmt.Sprintf("127.0.0.%d", 10+i), each,
+			dice.ReadHeaderTimeout+20*time.Second))
 	}
 	var results []closed
 	most := 0
@@ -304,18 +306,19 @@ func TestUnderSystemdMaxConnections(t *testing.T) {
 // at 127.0.0.2 opens 40 connections and sends nothing. systemd gives it
 // MaxConnectionsPerSource processes (24) and closes its other connections at once, so
 // the slots left serve everyone else: a client at 127.0.0.1 gets its 3 requests
-// answered while the silent ones still hold their processes (they would until
-// ReadHeaderTimeout).
+// answered while the silent ones still hold their processes: with -header-timeout
+// 10m they hold them until the test ends, however slow the machine.
 func TestUnderSystemdOnePeerCannotLockOthersOut(t *testing.T) {
 	t.Parallel()
-	m, addr := startSocket(t, "")
+	const hold = 10 * time.Minute
+	m, addr := startSocket(t, "", "-header-timeout", hold.String())
 	perSource, err := strconv.Atoi(m.Show(t, "dice.socket", "MaxConnectionsPerSource"))
 	require.NoError(t, err)
 	require.Less(t, perSource, maxConnections(t, m))
 	const attack = 40
 	require.Less(t, perSource, attack)
 
-	ends := silent(t, addr, "127.0.0.2", attack)
+	ends := silent(t, addr, "127.0.0.2", attack, hold)
 	for range attack - perSource {
 		r := <-ends
 		require.ErrorIs(t, r.err, io.EOF, "systemd closes what is beyond the limit")

@@ -3,12 +3,14 @@ package main
 
 import (
 	"context"
+	"flag"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
 
@@ -16,14 +18,19 @@ import (
 )
 
 func main() {
+	// A connection that sends nothing holds its process (and a MaxConnections= slot)
+	// this long.
+	headerTimeout := flag.Duration("header-timeout", dice.ReadHeaderTimeout,
+		"how long a connection may take to send its request headers")
+	flag.Parse()
 	log := dice.NewLogger()
-	if err := run(log); err != nil {
+	if err := run(log, *headerTimeout); err != nil {
 		log.Error("exiting", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger) error {
+func run(log *slog.Logger, headerTimeout time.Duration) error {
 	c, err := conn()
 	if err != nil {
 		return err
@@ -32,7 +39,9 @@ func run(log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log.Info("serving", "remote", c.RemoteAddr().String(), "pid", os.Getpid())
-	return serve(ctx, c, dice.NewServer(&dice.Handler{Log: log}, log))
+	srv := dice.NewServer(&dice.Handler{Log: log}, log)
+	srv.ReadHeaderTimeout = headerTimeout
+	return serve(ctx, c, srv)
 }
 
 // New in this stage: with Accept=yes, systemd accepts each connection itself and
