@@ -11,9 +11,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,14 +52,13 @@ func startStage(t *testing.T, idle string) *stage {
 	if _, err := exec.LookPath("podman"); err != nil {
 		systemdtest.SkipOrFail(t, "podman is not installed (apt-get install podman crun uidmap)")
 	}
-	dir := t.TempDir()
-	storage, conf := filepath.Join(dir, "storage.conf"), filepath.Join(dir, "containers.conf")
-	require.NoError(t, os.WriteFile(storage, []byte(fmt.Sprintf("[storage]\ndriver = \"overlay\"\n"+
-		"graphroot = %q\nrunroot = %q\n", dir+"/graph", dir+"/run")), 0o644))
-	require.NoError(t, os.WriteFile(conf, []byte(containersConf(dir)), 0o644))
+	env, err := systemdtest.PodmanEnv(t.TempDir())
+	require.NoError(t, err)
 	// Set before the manager starts: it passes them on to dice.service.
-	t.Setenv("CONTAINERS_STORAGE_CONF", storage)
-	t.Setenv("CONTAINERS_CONF", conf)
+	for _, kv := range env {
+		name, value, _ := strings.Cut(kv, "=")
+		t.Setenv(name, value)
+	}
 	bin := systemdtest.BuildStage(t, "03-idle-exit")
 	out, err := exec.Command("make", "-s", "-C", systemdtest.ModuleRoot(t), "image",
 		"BIN="+bin).CombinedOutput()
@@ -78,27 +74,6 @@ func startStage(t *testing.T, idle string) *stage {
 		"nothing runs before the first connection")
 	require.Empty(t, podman(t, "ps", "--all", "--quiet"), "no container before the first connection")
 	return &stage{m: m, base: "http://" + addr}
-}
-
-// containersConf is podman's configuration for the test: its state below dir; and
-// where podman as root cannot run as readers' machines let it, the two settings that
-// make it run (a machine like CI's: a container itself, hybrid cgroups, no
-// CAP_SYS_RESOURCE), neither of which changes what the test checks.
-func containersConf(dir string) string {
-	conf := fmt.Sprintf("[engine]\ntmp_dir = %q\n", dir+"/tmp")
-	// crun refuses hybrid cgroups ("cgroups in hybrid mode not supported").
-	if fs, _ := exec.Command("stat", "-fc", "%T", "/sys/fs/cgroup").Output(); string(fs) != "cgroup2fs\n" {
-		conf += "runtime = \"runc\"\n"
-	}
-	// As root, podman raises the open files and processes limits to 1048576 and
-	// 32768, which needs CAP_SYS_RESOURCE; without it, stay below ours.
-	if status, err := os.ReadFile("/proc/self/status"); err == nil {
-		m := regexp.MustCompile(`CapEff:\s*([0-9a-f]+)`).FindSubmatch(status)
-		if caps, err := strconv.ParseUint(string(m[1]), 16, 64); err == nil && caps&(1<<24) == 0 {
-			conf = "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n" + conf
-		}
-	}
-	return conf
 }
 
 // holdConn sends a request on a connection of its own that stays open, so that the

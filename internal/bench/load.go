@@ -239,8 +239,8 @@ func (s sample) p(percent int) time.Duration {
 }
 
 // rss is the memory of a target at one moment: its processes and their RSS in KiB, of
-// it file-backed (RssFile) and the proxy's.
-type rss struct{ procs, kib, file, proxy int }
+// it file-backed (RssFile) and the helper's (05's proxy, 08's conmon).
+type rss struct{ procs, kib, file, helper int }
 
 func (r rss) String() string {
 	switch r.procs {

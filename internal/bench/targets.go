@@ -134,14 +134,24 @@ func freePort() int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// podmanRuns builds stage 08's image from tmp/bin and tells whether podman runs it
-// here: the program, given no socket, exits 1 (podman's own failures are 125-127).
+// podman is the environment of podman's storage for stage 08, below tmp (set by build).
+var podman []string
+
+// podmanRuns builds stage 08's image from tmp/bin into storage of the bench's own, and
+// tells whether podman runs it here: the program, given no socket, exits 1 (podman's
+// own failures are 125-127).
 func podmanRuns() bool {
-	if exec.Command("make", "-s", "image", "BIN="+tmp+"/bin").Run() != nil {
+	var err error
+	if podman, err = systemdtest.PodmanEnv(tmp + "/podman"); err != nil {
 		return false
 	}
-	err := exec.Command("podman", "run", "--rm", "--network=none", "localhost/dice").Run()
-	exit, ok := err.(*exec.ExitError)
+	build := exec.Command("make", "-s", "image", "BIN="+tmp+"/bin")
+	run := exec.Command("podman", "run", "--rm", "--network=none", "localhost/dice")
+	build.Env, run.Env = append(os.Environ(), podman...), append(os.Environ(), podman...)
+	if build.Run() != nil {
+		return false
+	}
+	exit, ok := run.Run().(*exec.ExitError)
 	return ok && exit.ExitCode() == 1
 }
 
@@ -189,6 +199,9 @@ func build() error {
 		case t.stage == "08-container" && !podmanRuns():
 			logf("no 08 (it needs podman that runs a container here: apt-get install podman)")
 			targets = slices.DeleteFunc(targets, func(u *target) bool { return u == t })
+		case t.stage == "08-container":
+			t.dropIns = append(t.dropIns, "dice.service", "# bench: podman's storage.\n"+
+				"[Service]\nEnvironment="+strings.Join(podman, " ")+"\n")
 		}
 	}
 	return err
@@ -259,13 +272,21 @@ func (t *target) socketActivated() bool {
 	return len(t.entry) > 0 && strings.HasSuffix(t.entry[0], ".socket")
 }
 
-// stopAll stops the targets' managers, with their units and processes.
+// stopAll stops the targets' managers, with their units and processes, and removes
+// stage 08's containers and image.
 func stopAll() {
 	for _, t := range targets {
 		if t.m != nil {
 			if err := t.m.Stop(); err != nil {
 				logf("%s: %v", t.label, err)
 			}
+		}
+	}
+	if podman != nil {
+		reset := exec.Command("podman", "system", "reset", "--force")
+		reset.Env = append(os.Environ(), podman...)
+		if out, err := reset.CombinedOutput(); err != nil {
+			logf("podman system reset: %v: %s", err, out)
 		}
 	}
 }
@@ -327,16 +348,18 @@ func (t *target) listening() bool {
 }
 
 // memory is the target's processes, the main process of each dice service (04's
-// instances, 05's proxy and app) and their children (a container's), and their RSS:
-// VmRSS, what `ps -o rss=` shows, of it RssFile (the binaries' pages), and the proxy's.
+// instances, 05's proxy and app, 08's conmon) and their children (08's program), and
+// their RSS: VmRSS, what `ps -o rss=` shows, of it RssFile (the binaries' pages), and
+// the helper's beside the program (05's proxy, 08's conmon).
 func (t *target) memory() (r rss) {
 	pids, _ := t.m.Prop("dice*.service", "MainPID")
 	for todo := strings.Fields(pids); len(todo) > 0; todo = todo[1:] {
 		status, err := os.ReadFile("/proc/" + todo[0] + "/status")
 		if kib := statusKiB(status, "VmRSS"); err == nil && kib > 0 {
 			r.procs, r.kib, r.file = r.procs+1, r.kib+kib, r.file+statusKiB(status, "RssFile")
-			if strings.HasPrefix(string(status), "Name:\tsystemd-socket-") {
-				r.proxy += kib
+			if strings.HasPrefix(string(status), "Name:\tsystemd-socket-") ||
+				strings.HasPrefix(string(status), "Name:\tconmon") {
+				r.helper += kib
 			}
 			children, _ := os.ReadFile("/proc/" + todo[0] + "/task/" + todo[0] + "/children")
 			todo = append(todo, strings.Fields(string(children))...)

@@ -19,11 +19,13 @@ package systemdtest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -319,6 +321,34 @@ func FreePort(t testing.TB) int {
 	require.NoError(t, err)
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// PodmanEnv writes a podman configuration below dir, with storage and temporary files
+// of its own (never the user's images and containers), and returns the environment
+// that points podman at it. Where podman as root cannot run as readers' machines let
+// it (a machine like CI's: itself a container, hybrid cgroups, no CAP_SYS_RESOURCE),
+// it adds the two settings that make it run; neither changes what is tested.
+func PodmanEnv(dir string) ([]string, error) {
+	storage := fmt.Sprintf("[storage]\ndriver = \"overlay\"\ngraphroot = %q\nrunroot = %q\n",
+		dir+"/graph", dir+"/run")
+	conf := fmt.Sprintf("[engine]\ntmp_dir = %q\n", dir+"/tmp")
+	// crun refuses hybrid cgroups ("cgroups in hybrid mode not supported").
+	if fs, _ := exec.Command("stat", "-fc", "%T", "/sys/fs/cgroup").Output(); string(fs) != "cgroup2fs\n" {
+		conf += "runtime = \"runc\"\n"
+	}
+	// As root, podman raises the open files and processes limits to 1048576 and
+	// 32768, which needs CAP_SYS_RESOURCE; without it, stay below ours.
+	status, err := os.ReadFile("/proc/self/status")
+	if m := regexp.MustCompile(`CapEff:\s*([0-9a-f]+)`).FindSubmatch(status); err == nil && m != nil {
+		if caps, err := strconv.ParseUint(string(m[1]), 16, 64); err == nil && caps&(1<<24) == 0 {
+			conf = "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n" + conf
+		}
+	}
+	env := []string{"CONTAINERS_STORAGE_CONF=" + dir + "/storage.conf",
+		"CONTAINERS_CONF=" + dir + "/containers.conf"}
+	return env, errors.Join(os.MkdirAll(dir, 0o755),
+		os.WriteFile(dir+"/storage.conf", []byte(storage), 0o644),
+		os.WriteFile(dir+"/containers.conf", []byte(conf), 0o644))
 }
 
 // ProcessState is the state letter of process pid in /proc/<pid>/stat: R running, S
