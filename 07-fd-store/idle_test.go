@@ -14,6 +14,7 @@ import (
 )
 
 func TestFiresWithoutAnyConnection(t *testing.T) {
+	t.Parallel()
 	fired := make(chan struct{})
 	startIdleTimer(50*time.Millisecond, func() { close(fired) }, nil)
 	select {
@@ -24,6 +25,7 @@ func TestFiresWithoutAnyConnection(t *testing.T) {
 }
 
 func TestOpenConnectionHoldsTheClock(t *testing.T) {
+	t.Parallel()
 	var fired atomic.Bool
 	reported := make(chan int, 10)
 	tm := startIdleTimer(50*time.Millisecond, func() { fired.Store(true) },
@@ -58,6 +60,7 @@ func TestOpenConnectionHoldsTheClock(t *testing.T) {
 // TestWithHTTPServer runs the idle timer under a real http.Server: a keep-alive
 // connection keeps it busy, and it fires once the connection is closed.
 func TestWithHTTPServer(t *testing.T) {
+	t.Parallel()
 	fired := make(chan struct{})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(
 		func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))

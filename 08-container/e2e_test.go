@@ -41,6 +41,9 @@ func podman(t *testing.T, args ...string) string {
 // private systemd user manager with -idle idle, and starts dice.socket only.
 func startStage(t *testing.T, idle string) *stage {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no tests under a real systemd")
+	}
 	if os.Getuid() != 0 {
 		// Not a skip that DICE_REQUIRE_SYSTEMD=1 turns into a failure: the private manager
 		// of a user runs as root of a user namespace mapping that user only, where podman

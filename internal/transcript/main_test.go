@@ -89,11 +89,13 @@ func TestNotRun(t *testing.T) {
 // TestDoesNotFinish: a command that outlives the timeout is named, and those before it
 // are compared.
 func TestDoesNotFinish(t *testing.T) {
-	lines := strings.Split("```console\n$ echo a\na\n$ sleep 5\n$ echo b\n```", "\n")
+	// The sleep's output goes elsewhere: a process left holding the output would keep
+	// run waiting a second more (WaitDelay).
+	lines := strings.Split("```console\n$ echo a\na\n$ sleep 5 >/dev/null 2>&1\n$ echo b\n```", "\n")
 	cmds, _, _, err := parse("t.md", lines)
 	require.NoError(t, err)
-	n, err := run(cmds, 500*time.Millisecond)
-	assert.ErrorContains(t, err, "4: `sleep 5` did not finish")
+	n, err := run(cmds, 200*time.Millisecond)
+	assert.ErrorContains(t, err, "4: `sleep 5 >/dev/null 2>&1` did not finish")
 	require.Equal(t, 1, n)
 	assert.Equal(t, []string{"a"}, cmds[0].got)
 }
