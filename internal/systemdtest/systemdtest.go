@@ -333,7 +333,8 @@ func PodmanEnv(dir string) ([]string, error) {
 		dir+"/graph", dir+"/run")
 	conf := fmt.Sprintf("[engine]\ntmp_dir = %q\n", dir+"/tmp")
 	// crun refuses hybrid cgroups ("cgroups in hybrid mode not supported").
-	if fs, _ := exec.Command("stat", "-fc", "%T", "/sys/fs/cgroup").Output(); string(fs) != "cgroup2fs\n" {
+	fs, _ := exec.Command("stat", "-fc", "%T", "/sys/fs/cgroup").Output()
+	if string(fs) != "cgroup2fs\n" {
 		conf += "runtime = \"runc\"\n"
 	}
 	// As root, podman raises the open files and processes limits to 1048576 and
