@@ -72,6 +72,23 @@ func TestRunAndRewrite(t *testing.T) {
 	assert.Equal(t, strings.Replace(md, "> echo b\nb\n", "> echo b\na\nb\n", 1), rewrite(lines, cmds))
 }
 
+// TestUpdateRefreshesNumbers: a number that masking hides (a stale MaxConnections=32
+// as much as a pid) fails no check, and -update still rewrites it.
+func TestUpdateRefreshesNumbers(t *testing.T) {
+	md := "```console\n$ echo MaxConnections=48; echo b\nMaxConnections=32\n...\n```\n"
+	lines := strings.Split(strings.TrimSuffix(md, "\n"), "\n")
+	cmds, _, _, err := parse("t.md", lines)
+	require.NoError(t, err)
+	_, err = run(cmds, time.Minute)
+	require.NoError(t, err)
+	_, ok := check(cmds[0], false)
+	assert.True(t, ok)
+	assert.False(t, cmds[0].hasChanged, "without -update nothing is rewritten")
+	_, ok = check(cmds[0], true)
+	assert.True(t, ok)
+	assert.Equal(t, strings.Replace(md, "=32", "=48", 1), rewrite(lines, cmds))
+}
+
 func TestNotRun(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "t.md")
