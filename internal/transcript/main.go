@@ -69,7 +69,7 @@ func main() {
 			files = append(files, m...)
 		}
 	}
-	failed, broken, blocks, commands := 0, 0, 0, 0
+	failed, rewritten, broken, blocks, commands := 0, 0, 0, 0, 0
 	var notRun []string
 	for _, file := range files {
 		text, err := os.ReadFile(file)
@@ -101,7 +101,9 @@ func main() {
 					report(file, c, at)
 				}
 			}
-			changed = changed || c.hasChanged
+			if c.hasChanged {
+				changed, rewritten = true, rewritten+1
+			}
 		}
 		if *update && changed {
 			if err := os.WriteFile(file, []byte(rewrite(lines, cmds)), 0o644); err != nil {
@@ -113,8 +115,9 @@ func main() {
 	for _, s := range notRun {
 		fmt.Println("  not run:", s)
 	}
-	if failed > 0 && *update {
-		fmt.Printf("transcripts: %d commands' output rewritten\n", failed)
+	if *update {
+		fmt.Printf("transcripts: %d commands' output rewritten, %d of them beyond numbers\n",
+			rewritten, failed)
 	} else if failed > 0 {
 		fmt.Printf("transcripts: FAIL: %d commands' output differs (-update rewrites it)\n", failed)
 	}
