@@ -265,9 +265,9 @@ func TestKeptAliveClientsSeeNoRestart(t *testing.T) {
 	answered, stop := dicetest.KeptAlive(strings.TrimPrefix(base, "http://"), 16)
 	pids := map[int]bool{}
 	for i := range 7 {
-		for min := answered() + 100; answered() < min; {
-			time.Sleep(10 * time.Millisecond)
-		}
+		min := answered() + 100
+		require.Eventually(t, func() bool { return answered() >= min }, 30*time.Second,
+			10*time.Millisecond, "100 more answers")
 		pids[m.MainPID(t, "dice.service")] = true
 		if i == 6 {
 			upgrade(t, filepath.Join(bin, "07-fd-store"))

@@ -14,11 +14,17 @@ import (
 	"socket-dice/dice"
 )
 
+// errIdle ends serving at an idle exit: no start follows, and systemd would close
+// whatever this process stored.
+var errIdle = errors.New("idle")
+
 // serveAndHandOver answers on ln, and on the connections taken back from the fd store,
 // until ctx is done. Then it closes its copy of ln (new connections wait in systemd's),
 // lets every request in flight finish, hands each connection to store as soon as it
 // waits for its next request with nothing of it read, and returns when the last one is
-// gone. Without a store (nil) it closes them, as stage 03 does.
+// gone. Without a store (nil), or at an idle exit (ctx's cause errIdle), it answers
+// and closes them, as stage 03 does: a connection accepted as the idle timer fired
+// would otherwise go to a store that nobody takes back.
 func serveAndHandOver(ctx context.Context, srv *http.Server, ln net.Listener,
 	taken []net.Conn, store *fdStore) error {
 	k := &keeper{conns: map[*keptConn]bool{}, gone: make(chan struct{})}
@@ -36,7 +42,8 @@ func serveAndHandOver(ctx context.Context, srv *http.Server, ln net.Listener,
 		return err
 	case <-ctx.Done():
 	}
-	if store == nil {
+	keep := store != nil && !errors.Is(context.Cause(ctx), errIdle)
+	if !keep {
 		srv.SetKeepAlivesEnabled(false) // Closes the idle connections, as stage 03 does.
 	}
 	ln.Close()
@@ -45,7 +52,10 @@ func serveAndHandOver(ctx context.Context, srv *http.Server, ln net.Listener,
 	}
 	// srv.Serve has returned: every connection it accepted is in k.
 	select {
-	case <-k.handOver():
+	case <-k.handOver(keep):
+		if !keep {
+			return nil
+		}
 		return store.Barrier(5 * time.Second)
 	case <-time.After(dice.ShutdownTimeout):
 		return fmt.Errorf("connections still open %s after the stop: %w",
@@ -102,14 +112,16 @@ func (k *keeper) connState(c *keptConn, state http.ConnState) {
 	}
 }
 
-// handOver tells every connection to go to the store once it can, and returns a
-// channel closed when all are gone. No connection may be added after it.
-func (k *keeper) handOver() <-chan struct{} {
+// handOver tells every connection to go to the store once it can (unless !keep), and
+// returns a channel closed when all are gone. No connection may be added after it.
+func (k *keeper) handOver(keep bool) <-chan struct{} {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.stopping = true
 	for c := range k.conns {
-		c.handOver()
+		if keep { // Else net/http answers and closes it, keep-alives off (stage 03).
+			c.handOver()
+		}
 	}
 	if len(k.conns) == 0 {
 		close(k.gone)
@@ -208,9 +220,6 @@ func (c *keptConn) boundary() {
 func (c *keptConn) handOver() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.store == nil {
-		return // Nowhere to keep it: net/http answers and closes it, as in stage 03.
-	}
 	c.handing = true
 	if c.clean() {
 		_ = c.Conn.SetReadDeadline(time.Unix(1, 0))

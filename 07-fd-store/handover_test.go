@@ -85,11 +85,14 @@ func (n *fakeNotify) next(t *testing.T) net.Conn {
 }
 
 // server is an instance: serveAndHandOver on a handler of its own (whose Rolls tell
-// which instance answered), with the fd store of NOTIFY_SOCKET.
+// which instance answered), with the fd store of NOTIFY_SOCKET. stop ends it as
+// systemctl stop and restart do, idle as its idle timer does; accepted gets each
+// connection it accepts.
 type server struct {
-	h    *dice.Handler
-	stop context.CancelFunc
-	done chan error
+	h          *dice.Handler
+	stop, idle func()
+	accepted   chan net.Conn
+	done       chan error
 }
 
 func startServer(t *testing.T, ln net.Listener, taken ...net.Conn) *server {
@@ -97,11 +100,18 @@ func startServer(t *testing.T, ln net.Listener, taken ...net.Conn) *server {
 	store, err := openFDStore(false)
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	s := &server{h: &dice.Handler{Log: log}, done: make(chan error, 1)}
-	ctx, stop := context.WithCancel(context.Background())
-	s.stop = stop
-	t.Cleanup(stop)
-	go func() { s.done <- serveAndHandOver(ctx, dice.NewServer(s.h, log), ln, taken, store) }()
+	s := &server{h: &dice.Handler{Log: log}, accepted: make(chan net.Conn, 16),
+		done: make(chan error, 1)}
+	ctx, stop := context.WithCancelCause(context.Background())
+	s.stop, s.idle = func() { stop(nil) }, func() { stop(errIdle) }
+	t.Cleanup(s.stop)
+	srv := dice.NewServer(s.h, log)
+	srv.ConnState = func(c net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			s.accepted <- c
+		}
+	}
+	go func() { s.done <- serveAndHandOver(ctx, srv, ln, taken, store) }()
 	return s
 }
 
@@ -251,6 +261,26 @@ func TestARequestBegunAtTheStopIsAnsweredOnce(t *testing.T) {
 				assert.Equal(t, int64(2), second.h.Rolls(), "both answered by the next instance")
 			})
 	}
+}
+
+// TestAnIdleExitStoresNothing: no start follows an idle exit, so systemd would close
+// whatever it stored. A connection accepted as the idle timer fired, before its
+// request came, is answered and closed, as stage 03 does; nothing goes to the store.
+func TestAnIdleExitStoresNothing(t *testing.T) {
+	notify := newFakeNotify(t)
+	ln := stagetest.TCPListener(t)
+	s := startServer(t, ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	<-s.accepted
+	s.idle()
+	r := bufio.NewReader(c)
+	assert.Equal(t, 2, roll(t, c, r, 2), "answered by the instance that exits")
+	_, err = r.ReadByte()
+	assert.ErrorIs(t, err, io.EOF, "then closed")
+	require.NoError(t, s.exited(t))
+	assert.Empty(t, notify.stored, "nothing stored")
 }
 
 // TestWithoutAStoreTheStopClosesIdleConnections: not started by systemd (no

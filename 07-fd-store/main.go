@@ -61,13 +61,13 @@ func listener() (net.Listener, []net.Conn, error) {
 func serve(ctx context.Context, ln net.Listener, taken []net.Conn, h *dice.Handler,
 	log *slog.Logger, idle time.Duration, store *fdStore) error {
 	// Once no connection has been open for idle, serve ends as if stopped (stage 03).
-	ctx, exit := context.WithCancel(ctx)
-	defer exit()
+	ctx, exit := context.WithCancelCause(ctx)
+	defer exit(nil)
 	srv := dice.NewServer(h, log)
 	srv.ConnState = startIdleTimer(idle, func() {
 		log.Info("idle, exiting", "after", idle, "rolls", h.Rolls())
 		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
-		exit()
+		exit(errIdle)
 	}, func(open int) {
 		// `systemctl status dice.service` shows this line (Type=notify).
 		_, _ = daemon.SdNotify(false, fmt.Sprintf("STATUS=served %d rolls; %d connections "+
