@@ -1,8 +1,9 @@
-# Socket-activated dice: build, test and run the five stages.
+# Socket-activated dice: build, test and run the stages.
 # `make` alone lists the targets.
 
 STAGES := $(sort $(patsubst %/,%,$(wildcard 0[1-9]-*/)))
-# The stages with a program of their own; 05 runs 01's program behind a proxy.
+# The stages with a program of their own; 05 runs 01's program behind a proxy, 08 runs
+# 03's in a container.
 PROGRAMS := $(sort $(patsubst %/main.go,%,$(wildcard 0[1-9]-*/main.go)))
 GO     ?= go
 # Static, without symbol tables: 1.8 MB less RSS per process than a cgo build, and less
@@ -39,7 +40,7 @@ help: ## list the targets
 # `make build BIN=/tmp/x PROGRAMS=02-socket-activated`; PKG=./internal/bench/floor builds
 # that package under the programs' names (the bench's floor).
 BIN ?= bin
-build: ## build every stage into bin/<stage>
+build: ## build each stage's program into bin/<stage>
 	@mkdir -p $(BIN)
 	@for s in $(PROGRAMS); do echo "$(GOBUILD) -o $(BIN)/$$s ./$(or $(PKG),$$s)"; \
 		$(GOBUILD) -o $(BIN)/$$s ./$(or $(PKG),$$s) || exit 1; done
@@ -94,7 +95,7 @@ install-system: $(if $(filter 8 08 08-container,$(STAGE)),image) ## install-syst
 uninstall-system: ## stop, disable and remove the system units and binary
 	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" scripts/install-system --uninstall
 
-test-system: ## every stage as system units (install-system), in Debian 12 under nspawn
+test-system: ## stages 1-7 as system units (install-system), in Debian 12 under nspawn
 	@DICE_STEPS='system-*' scripts/test-distros bookworm
 
 # DISTROS=trixie: only that release (bookworm, trixie, forky).
@@ -105,11 +106,12 @@ test-distros: ## the README as a user in a login session, on Debian 12, 13 and t
 transcripts: ## run the docs' console blocks in Debian 13 and write what they print back
 	@DICE_TRANSCRIPTS=update DICE_STEPS=transcripts scripts/test-distros trixie
 
-# Both build the stages with `make build` and run each one, the floors and the blog's
-# Flask app (Debian's python3-flask, not a venv's; without it, its rows are skipped)
-# under a private systemd of its own. make measure prints only the table on stdout;
-# its progress goes to stderr.
-measure: ## RSS of every stage and of the blog's Flask app, as a Markdown table
+# Both build the stages with `make build` and run each one, and the blog's Flask app
+# (Debian's python3-flask, not a venv's; without it, its rows are skipped), under a
+# private systemd of its own; bench runs the floors too. make measure prints a heading
+# and the table on stdout (and, without Flask, the line that says so); its progress
+# goes to stderr.
+measure: ## RSS of stages 01-05 and 08 and of the blog's Flask app, as a Markdown table
 	@CGO_ENABLED=0 $(GO) run ./internal/bench -measure
 
 # BENCH_QUICK=1: a smoke run (< 1 min) whose output goes to a temporary directory.

@@ -159,7 +159,7 @@ func (t *target) client(n int) *http.Client {
 }
 
 // peers is t.client(0) with its connections from 16 source addresses in turn, as from
-// 16 peers: stage 04 takes at most 8 connections from one (MaxConnectionsPerSource=).
+// 16 peers: stage 04 bounds the connections it takes from one (MaxConnectionsPerSource=).
 func (t *target) peers() *http.Client {
 	c, n := t.client(0), atomic.Uint32{}
 	c.Transport.(*http.Transport).DialContext = func(ctx context.Context, network,
