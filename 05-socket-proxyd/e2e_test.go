@@ -57,8 +57,8 @@ func startStage(t *testing.T, app, idle string) *service {
 	s.base = "http://" + addr
 	s.port = systemdtest.FreePort(t)
 	require.NoError(t, s.m.InstallBackend(stage, app, s.bin, addr))
-	require.NoError(t, s.m.DropIn(proxy, "test", fmt.Sprintf("[Service]\nExecStart=\n"+
-		"ExecStart=%s --exit-idle-time=%s 127.0.0.1:%d\n", proxyd, idle, s.port)))
+	require.NoError(t, s.m.DropIn(proxy, "test", fmt.Sprintf("[Service]\nEnvironment=PORT=%d IDLE=%s\n",
+		s.port, idle)))
 	require.NoError(t, s.m.DropIn(backend, "test", fmt.Sprintf("[Service]\nEnvironment=PORT=%d\n",
 		s.port)))
 	s.m.MustSystemctl(t, "start", "dice.socket")
@@ -155,7 +155,7 @@ func zeroProcessesWhenIdle(t *testing.T, app string) {
 			assert.Equal(t, strconv.Itoa(pid), answeredBy, "Dice-Pid is the backend's process")
 		}
 		assert.NotEqual(t, "0", s.m.Show(t, proxy, "ExecMainPID"), "the proxy was started")
-		// The proxy started only once the backend was active, i.e. listening.
+		// The proxy started after the backend's start (After=).
 		assert.GreaterOrEqual(t, monotonic(t, s.m, proxy, "ExecMainStartTimestampMonotonic"),
 			monotonic(t, s.m, backend, "ActiveEnterTimestampMonotonic"))
 		pids = append(pids, pid)
@@ -244,11 +244,10 @@ func gatedBackend(t *testing.T, s *service, gate string) {
 }
 
 // TestReadinessWaitsForTheApp shows the problem (systemd issue #2105) and its
-// solution, with a backend that only listens when the test lets it: without the
-// ExecStartPost= check the proxy starts at once, finds nothing listening, and closes
-// the request unanswered; with it the backend's start waits (SubState=start-post), the
-// proxy waits for the backend's start, and the request is answered once the app
-// listens, however long that takes.
+// solution, with a backend that only listens when the test lets it: without the wait
+// in the proxy's ExecStart= the proxy finds nothing listening and closes the request
+// unanswered; with it the proxy's process waits (still bash, not yet the proxy), and
+// the request is answered once the app listens, however long that takes.
 func TestReadinessWaitsForTheApp(t *testing.T) {
 	t.Parallel()
 	systemdtest.Subtests(t, map[string]func(*testing.T){
@@ -267,11 +266,13 @@ func withCheck(t *testing.T) {
 		answeredBy, err = roll(s.base)
 		answered <- err
 	}()
-	s.m.WaitProp(t, backend, "SubState", "start-post", 10*time.Second)
-	// The app is not listening; the proxy has not been started, the request waits.
+	s.m.WaitProp(t, proxy, "ActiveState", "active", 10*time.Second)
+	// The app is not listening; the proxy's process still waits, the request too.
+	pid := s.m.MainPID(t, proxy)
 	for range 10 {
-		assert.Equal(t, "activating", s.m.Show(t, backend, "ActiveState"))
-		assert.Equal(t, "inactive", s.m.Show(t, proxy, "ActiveState"))
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		require.NoError(t, err)
+		assert.Equal(t, "bash\n", string(comm), "not yet systemd-socket-proxyd")
 	}
 	select {
 	case err := <-answered:
@@ -281,6 +282,7 @@ func withCheck(t *testing.T) {
 	require.NoError(t, os.WriteFile(gate, nil, 0o644))
 	require.NoError(t, <-answered, "the waiting request is answered")
 	assert.Equal(t, strconv.Itoa(s.m.MainPID(t, backend)), answeredBy)
+	assert.Equal(t, pid, s.m.MainPID(t, proxy), "bash became the proxy: the same process")
 }
 
 // withoutCheck: the proxy finds nothing listening.
@@ -288,7 +290,8 @@ func withoutCheck(t *testing.T) {
 	s := startStage(t, goApp, "30s")
 	gate := filepath.Join(t.TempDir(), "listen")
 	gatedBackend(t, s, gate)
-	require.NoError(t, s.m.DropIn(backend, "test-no-check", "[Service]\nExecStartPost=\n"))
+	require.NoError(t, s.m.DropIn(proxy, "test-no-wait", "[Service]\nExecStart=\nExecStart="+
+		proxyd+" --exit-idle-time=${IDLE} 127.0.0.1:${PORT}\n"))
 	_, err := roll(s.base)
 	require.Error(t, err, "the proxy finds nothing listening and gives up")
 	t.Logf("the first request, with the app not yet listening: %v", err)
@@ -301,11 +304,10 @@ func withoutCheck(t *testing.T) {
 }
 
 // TestBrokenAppFailsFast: a backend that exits at once (a busy port, a crash) fails
-// its start through the check (Result=exit-code), not after TimeoutStartSec=
-// (Result=timeout); the socket then gives up on it (trigger-limit-hit) and the
-// waiting client's connection is closed, rather than held for 15 s per attempt. The
-// test's drop-in stretches the socket's trigger interval, so that the limit is hit
-// however slow the machine.
+// (Result=exit-code) and stops the proxy's wait with it (BindsTo=), rather than after
+// the wait's 15 s; the socket then gives up on it (trigger-limit-hit) and the waiting
+// client's connection is closed. The test's drop-in stretches the socket's trigger
+// interval, so that the limit is hit however slow the machine.
 func TestBrokenAppFailsFast(t *testing.T) {
 	t.Parallel()
 	s := startStage(t, goApp, "30s")
@@ -317,7 +319,7 @@ func TestBrokenAppFailsFast(t *testing.T) {
 	assert.Equal(t, "trigger-limit-hit", s.m.Show(t, "dice.socket", "Result"))
 	assert.Equal(t, "failed", s.m.Show(t, backend, "ActiveState"))
 	assert.Equal(t, "exit-code", s.m.Show(t, backend, "Result"))
-	assert.Equal(t, "inactive", s.m.Show(t, proxy, "ActiveState"), "the proxy never started")
+	assert.Equal(t, "inactive", s.m.Show(t, proxy, "ActiveState"), "stopped with the backend")
 }
 
 // TestBurstsAcrossIdleExitLoseNothing: 16 clients connect at once, around the moment

@@ -231,16 +231,17 @@ func mibh(t *target, calls int) float64 {
 	return float64(t.rss[phase].kib) / 1024 * active(t, calls).Hours()
 }
 
-// idleFlag is the idle time in a committed ExecStart=: 03's -idle, 05's proxy's
-// --exit-idle-time.
-var idleFlag = regexp.MustCompile(`(?:-idle |--exit-idle-time=)(\S+)`)
+// idleSetting is the idle time in a committed unit: 03's -idle (in ExecStart=, or a
+// container's Exec=), 05's IDLE= (the proxy's --exit-idle-time).
+var idleSetting = regexp.MustCompile(`(?m)^[^#\n]*(?:-idle |\bIDLE=)([0-9][^\s']*)`)
 
 // committedIdle is the idle time in the committed units of stage; 0 if none.
 func committedIdle(stage string) time.Duration {
-	execs, _ := systemdtest.Query(top, "--execs", stage)
-	for _, line := range execs {
-		if m := idleFlag.FindStringSubmatch(line); m != nil {
-			d, _ := time.ParseDuration(m[1])
+	files, _ := systemdtest.Query(top, "--files", stage)
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		if m := idleSetting.FindSubmatch(data); m != nil {
+			d, _ := time.ParseDuration(string(m[1]))
 			return d
 		}
 	}

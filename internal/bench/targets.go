@@ -80,9 +80,8 @@ func addTargets() {
 		app := freePort()
 		t := add(key, map[string]string{"05": "05-socket-proxyd", "05f": "05, Flask backend"}[key],
 			"05-socket-proxyd", "bin", all, "dice-proxy.service", fmt.Sprintf("# bench: "+
-				"another idle time and port.\n[Service]\nExecStart=\nExecStart=/usr/lib/systemd/"+
-				"systemd-socket-proxyd --exit-idle-time=%s 127.0.0.1:%d\n",
-				max(idle, time.Second), app),
+				"another idle time and port.\n[Service]\nEnvironment=PORT=%d IDLE=%s\n",
+				app, max(idle, time.Second)),
 			"dice-backend.service", fmt.Sprintf("# bench: another port.\n[Service]\n"+
 				"Environment=PORT=%d\n", app))
 		t.exits = true
