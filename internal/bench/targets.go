@@ -115,8 +115,8 @@ func addTargets() {
 	add("f04", "floor, 04's units", "04-accept-yes", "floor", []string{"cold", "conn"}).exits = true
 	add("c04", "C floor, 04's units", "04-accept-yes", "cfloor", []string{"cold", "conn"}).exits = true
 	// What the units do not set, measured against them (docs/design-notes.md).
-	add("01g", "01, GOGC=100 (Go's default)", "01-always-on", "bin", []string{"rss"},
-		"dice.service", "[Service]\nEnvironment=GOGC=100\n")
+	add("01g", "01, GOGC=25", "01-always-on", "bin", []string{"rss"},
+		"dice.service", "[Service]\nEnvironment=GOGC=25\n")
 	add("01m", "01, GOMEMLIMIT=2MiB", "01-always-on", "bin", []string{"rss"},
 		"dice.service", "[Service]\nEnvironment=GOMEMLIMIT=2MiB\n")
 	add("04p", "04, GOMAXPROCS=1", "04-accept-yes", "bin", []string{"conn"},
