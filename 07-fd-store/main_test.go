@@ -84,17 +84,23 @@ func TestKeepAliveHoldsIt(t *testing.T) {
 	}
 }
 
-// TestTakesBackStoredConnections passes, after the listening socket, a connection
-// named "keepalive", as systemd passes one from the fd store: the stage answers a
-// request on it, and on a new connection too.
+// TestTakesBackStoredConnections passes, after the listening socket, connections
+// named "keepalive", as systemd passes them from the fd store: the stage answers a
+// request on one, and on a new connection too; one that its client closed meanwhile
+// is dropped, and holds the idle exit no more than it fails the start.
 func TestTakesBackStoredConnections(t *testing.T) {
 	t.Parallel()
 	ln := stagetest.TCPListener(t)
 	server, client := stagetest.TCPConn(t)
-	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln), stagetest.File(t, server)},
-		[]string{"LISTEN_FDNAMES=dice.socket:keepalive"}, "-idle", "300ms")
+	// A second stored connection, closed by its client while in the store: dropped.
+	gone, goneClient := stagetest.TCPConn(t)
+	require.NoError(t, goneClient.Close())
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln), stagetest.File(t, gone),
+		stagetest.File(t, server)}, []string{"LISTEN_FDNAMES=dice.socket:keepalive:keepalive"},
+		"-idle", "300ms")
 	exited := stagetest.Start(t, cmd)
-	server.Close() // The stage holds it now, as systemd's copy is dropped.
+	server.Close() // The stage holds them now, as systemd's copies are dropped.
+	gone.Close()
 
 	pids := dicetest.KeepAliveRolls(t, client, 2)
 	assert.Equal(t, []string{strconv.Itoa(cmd.Process.Pid), strconv.Itoa(cmd.Process.Pid)}, pids)
