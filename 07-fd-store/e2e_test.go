@@ -263,20 +263,21 @@ func TestStopEndsTheStore(t *testing.T) {
 func TestKeptAliveClientsSeeNoRestart(t *testing.T) {
 	m, base, bin := startStageIn(t, "")
 	answered, stop := dicetest.KeptAlive(strings.TrimPrefix(base, "http://"), 16)
-	pids := map[int]bool{}
-	for i := range 7 {
+	more := func() { // Waits until the clients had 100 more answers.
 		min := answered() + 100
 		require.Eventually(t, func() bool { return answered() >= min }, 30*time.Second,
 			10*time.Millisecond, "100 more answers")
+	}
+	pids := map[int]bool{}
+	for i := range 7 {
+		more()
 		pids[m.MainPID(t, "dice.service")] = true
 		if i == 6 {
 			upgrade(t, filepath.Join(bin, "07-fd-store"))
 		}
 		m.MustSystemctl(t, "restart", "dice.service")
 	}
-	for min := answered() + 100; answered() < min; {
-		time.Sleep(10 * time.Millisecond)
-	}
+	more()
 	pids[m.MainPID(t, "dice.service")] = true
 	kept := stop()
 	t.Logf("6 restarts and an upgrade, %d processes: %d requests answered, %d failed, "+
