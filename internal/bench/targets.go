@@ -144,14 +144,19 @@ func podmanRuns() bool {
 	if podman, err = systemdtest.PodmanEnv(tmp + "/podman"); err != nil {
 		return false
 	}
-	build := exec.Command("make", "-s", "image", "BIN="+tmp+"/bin")
-	run := exec.Command("podman", "run", "--rm", "--network=none", "localhost/dice")
-	build.Env, run.Env = append(os.Environ(), podman...), append(os.Environ(), podman...)
-	if build.Run() != nil {
+	if withPodman("make", "-s", "image", "BIN="+tmp+"/bin").Run() != nil {
 		return false
 	}
-	exit, ok := run.Run().(*exec.ExitError)
+	err = withPodman("podman", "run", "--rm", "--network=none", "localhost/dice").Run()
+	exit, ok := err.(*exec.ExitError)
 	return ok && exit.ExitCode() == 1
+}
+
+// withPodman is a command that runs podman with the bench's storage (podman).
+func withPodman(name string, args ...string) *exec.Cmd {
+	c := exec.Command(name, args...)
+	c.Env = append(os.Environ(), podman...)
+	return c
 }
 
 // flaskOK tells whether the post's Flask app can run here: Debian's python3 with Flask.
@@ -282,9 +287,7 @@ func stopAll() {
 		}
 	}
 	if podman != nil {
-		reset := exec.Command("podman", "system", "reset", "--force")
-		reset.Env = append(os.Environ(), podman...)
-		if out, err := reset.CombinedOutput(); err != nil {
+		if out, err := withPodman("podman", "system", "reset", "--force").CombinedOutput(); err != nil {
 			logf("podman system reset: %v: %s", err, out)
 		}
 	}
