@@ -57,8 +57,8 @@ func startStage(t *testing.T, app, idle string) *service {
 	s.base = "http://" + addr
 	s.port = systemdtest.FreePort(t)
 	require.NoError(t, s.m.InstallBackend(stage, app, s.bin, addr))
-	require.NoError(t, s.m.DropIn(proxy, "test", fmt.Sprintf("[Service]\nEnvironment=PORT=%d IDLE=%s\n",
-		s.port, idle)))
+	require.NoError(t, s.m.DropIn(proxy, "test", fmt.Sprintf(
+		"[Service]\nEnvironment=PORT=%d IDLE=%s\n", s.port, idle)))
 	require.NoError(t, s.m.DropIn(backend, "test", fmt.Sprintf("[Service]\nEnvironment=PORT=%d\n",
 		s.port)))
 	s.m.MustSystemctl(t, "start", "dice.socket")

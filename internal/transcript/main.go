@@ -6,12 +6,11 @@
 // Without files it reads README.md, 0*/README.md, post/README.md and docs/*.md. A
 // block's `$ ` lines run in order, and `> ` lines continue the command above (as bash's
 // prompts show them); everything else is the output expected, stdout and stderr
-// together. All the
-// blocks of a file run in one bash started in the current directory, so a `cd` or an
-// `eval "$(scripts/user-manager env)"` carries from block to block as in a reader's
-// shell. Before comparing, numbers (pids, ports, sizes, durations, dates), day and
-// month names and long hex strings are masked, and runs of blanks count as one; a
-// line `...` stands for any lines, none included.
+// together. All the blocks of a file run in one bash started in the current
+// directory, so a `cd` or an `eval "$(scripts/user-manager env)"` carries from block
+// to block as in a reader's shell. Before comparing, numbers (pids, ports, sizes,
+// durations, dates), day and month names and long hex strings are masked, and runs of
+// blanks count as one; a line `...` stands for any lines, none included.
 //
 // A block that cannot run carries its reason on the line before it:
 // <!-- not run: needs a second machine -->. A file whose blocks run as root outside a
@@ -20,9 +19,10 @@
 // -root, the others only without it.
 //
 // -update rewrites each command's output that differs from a fresh run, even if only
-// in masked numbers, keeping its `...` lines where they stand. Without it a difference is a diff naming the file
-// and line, and the exit status is 1. `make test-distros` runs it on Debian trixie as
-// the README's reader; `make transcripts` runs it there with -update.
+// in masked numbers, keeping its `...` lines where they stand. Without it a difference
+// is a diff naming the file and line, and the exit status is 1. `make test-distros`
+// runs it on Debian trixie as the README's reader; `make transcripts` runs it there
+// with -update.
 package main
 
 import (
