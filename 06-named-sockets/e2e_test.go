@@ -94,6 +94,7 @@ func fdNames(t *testing.T, pid int) string {
 // a connection on any socket (IPv4, IPv6, the unix one) starts the service, which
 // answers rolls on TCP and /stats on the unix socket only, and exits 0 after -idle.
 func TestEverySocketStartsTheService(t *testing.T) {
+	t.Parallel()
 	skipIfShort(t) // Before the build, which the subtests share.
 	bin := systemdtest.BuildStage(t, "06-named-sockets")
 	for _, order := range [][]string{{"dice.socket", "dice-admin.socket"},
@@ -173,6 +174,7 @@ func (s *stage) rollAndNoStats(t *testing.T, base string) int {
 // it and reloads, 8 times, and logs the orders it was given. The orders themselves
 // are systemd's business; TestNamesNotOrder passes both on purpose.
 func TestEveryFdOrderServes(t *testing.T) {
+	t.Parallel()
 	s := installStage(t, "")
 	s.start(t, "dice.socket", "dice-admin.socket")
 	seen := map[string]int{}
@@ -193,6 +195,7 @@ func TestEveryFdOrderServes(t *testing.T) {
 // directories for others (search only): a user's runtime directory, %t, is 0700,
 // which alone keeps other users out; /run, %t of the system install, is not.
 func TestAdminSocketRefusesOtherUsers(t *testing.T) {
+	t.Parallel()
 	if os.Getuid() != 0 {
 		t.Skip("running a process as another user needs root")
 	}
@@ -273,6 +276,7 @@ func asNobody(t *testing.T) string {
 // systemd listening on a socket no one can reach: connect fails with "no such file"
 // until the socket unit is restarted.
 func TestSocketFileBelongsToSystemd(t *testing.T) {
+	t.Parallel()
 	s := installStage(t, "")
 	s.start(t, "dice-admin.socket", "dice.socket")
 	inode := func() uint64 {
@@ -305,6 +309,7 @@ func TestSocketFileBelongsToSystemd(t *testing.T) {
 // Service=dice.service, systemd looks for the service of the socket's own name,
 // dice-admin.service, and refuses to start the socket.
 func TestAdminSocketNeedsService(t *testing.T) {
+	t.Parallel()
 	s := installStage(t, "")
 	unit := filepath.Join(s.m.RuntimeDir(), "systemd", "user", "dice-admin.socket")
 	b, err := os.ReadFile(unit)
