@@ -211,7 +211,9 @@ var masks = []struct {
 }{
 	{regexp.MustCompile(`\b(Mon|Tue|Wed|Thu|Fri|Sat|Sun)\b`), "Day"},
 	{regexp.MustCompile(`\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\b`), "Month"},
-	{regexp.MustCompile(`\b(0x)?[0-9a-f]{8,}\b`), "HEX"},
+	// Long hex strings (invocation IDs) are numbers too: a long run of decimal digits
+	// (an inode) is one, whatever its length.
+	{regexp.MustCompile(`\b(0x)?[0-9a-f]{8,}\b`), "0"},
 	// A number with its unit (1.5s, 73ms, 30.0µs, 6.1M, 2min), runs of them ("1min 3s"),
 	// and every other run of digits, in a word too (the 11 and 452 of 2026-12-04T11:52:50.452Z).
 	{regexp.MustCompile(`\d+(\.\d+)?(ns|us|µs|ms|s|min|h|d|[KMGT]i?B?|B)?`), "0"},

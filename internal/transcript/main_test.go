@@ -26,6 +26,8 @@ func TestMatch(t *testing.T) {
 		{"RFC 3339 times", "time=2026-12-04T11:52:50.452Z level=INFO",
 			"time=2026-12-04T12:08:47.216Z level=INFO", true, 1},
 		{"columns", "    PID   RSS CMD\n  23879  5644 /bin/x", "  PID   RSS CMD\n  123 31608 /bin/x", true, 2},
+		{"long numbers, any length", "keepalive sock 0:9   9343655 -      socket:[9343655] rw",
+			"keepalive sock 0:9   10477841 -      socket:[10477841] rw", true, 1},
 		{"a word differs", "Dice-Pid: 4614", "Dice-PID: 4614", false, 0},
 		{"a line too many", "a", "a\nb", false, 1},
 		{"... stands for none", "a\n...\nb", "a\nb", true, 3},
