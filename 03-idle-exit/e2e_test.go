@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -131,68 +132,94 @@ func TestChurnReactivatesWithoutLoss(t *testing.T) {
 }
 
 // TestBurstsDuringIdleExitLoseNothing proves that the idle exit is race-free: 16
-// clients connect at once, right when the idle timer of the running instance fires,
-// for at least 50 rounds, and on (up to 500) until 3 bursts have straddled an exit.
-// Connections the old instance accepts before it closes its listener are answered by
-// it; the others wait in systemd's socket and are answered by the next instance. Not
-// one may fail. A burst answered by two processes shows that its requests straddled
-// an exit, i.e. that the test hit the window.
+// clients connect right as the idle timer of the running instance fires, 20 times.
+// The moment is made, not aimed at, so that no machine is too slow to hit it: each
+// round stops the process (SIGSTOP) before its timer is due, connects the 16 clients
+// and sends their requests while it is stopped and its timer overdue (the connections
+// wait in systemd's socket), then lets it go on (SIGCONT). The timer fires and the
+// waiting connections are there at the same instant: those the old instance accepts
+// before it closes its listener are answered by it, the others by the next instance.
+// Not one may fail.
 func TestBurstsDuringIdleExitLoseNothing(t *testing.T) {
 	t.Parallel()
-	m, base := startStage(t, "", "-idle", "100ms")
-	const clients = 16
-	client := dicetest.NewConn
+	const idle, clients, rounds = 300 * time.Millisecond, 16, 20
+	m, base := startStage(t, "", "-idle", idle.String())
 	var failed []error
-	straddled, early, late := 0, 0, 0
-	processes := map[int]bool{}
-	// The timer fires 100 ms after the last connection closed, and the listener closes
-	// a fraction of a millisecond later. Each round starts the clock with one request
-	// whose connection the server closes (we see when), then aims the burst at that
-	// moment. The aim follows the moment: a burst that only the process of the first
-	// request answered came too early, one that only a new process answered too late.
-	aim := 100 * time.Millisecond
-	start := time.Now()
-	round := 0
-	// At least 50 rounds, and on until 3 bursts have straddled an exit (bounded by a
-	// count, not a time: a loaded machine takes longer, not fewer rounds).
-	for ; (round < 50 || straddled < 3) && round < 500; round++ {
+	var byOld, byNew, byBoth int // rounds whose burst only the old instance answered, ...
+	for round, tries := 0, 1; round < rounds; tries++ {
+		require.LessOrEqual(t, tries, 2*rounds, "rounds whose process exited before it stopped")
 		pid, closed, err := dicetest.RollAndWaitForClose(base)
-		if err != nil {
-			failed = append(failed, fmt.Errorf("round %d, first request: %w", round, err))
+		require.NoError(t, err, "round %d, first request", round)
+		// A loaded machine may stop the process only after its timer fired, or not
+		// before it exited: such a try tells nothing, and is made again.
+		if syscall.Kill(pid, syscall.SIGSTOP) != nil || !stopped(t, pid) {
+			m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
 			continue
 		}
-		processes[pid] = true
-		pids, errs := dicetest.Burst(clients, closed.Add(aim), func() (int, error) {
-			return dicetest.TryRoll(client, base)
-		})
-		burst := map[int]bool{}
-		for i := range clients {
-			if errs[i] != nil {
-				failed = append(failed, fmt.Errorf("round %d, client %d: %w", round, i, errs[i]))
-				continue
+		time.Sleep(time.Until(closed.Add(idle))) // Its timer is due.
+		var conns []net.Conn
+		for range clients {
+			c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+			require.NoError(t, err)
+			_, err = fmt.Fprint(c, "GET /roll HTTP/1.1\r\nHost: dice\r\nConnection: close\r\n\r\n")
+			require.NoError(t, err)
+			conns = append(conns, c)
+		}
+		require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+		old, other := false, false
+		for i, c := range conns {
+			answer, err := readRoll(c)
+			c.Close()
+			if err != nil {
+				failed = append(failed, fmt.Errorf("round %d, client %d: %w", round, i, err))
 			}
-			burst[pids[i]] = true
-			processes[pids[i]] = true
+			old, other = old || answer == pid, other || err == nil && answer != pid
 		}
 		switch {
-		case len(burst) >= 2:
-			straddled++
-		case burst[pid]:
-			early++
-			aim += 100 * time.Microsecond
-		case len(burst) == 1:
-			late++
-			aim -= 100 * time.Microsecond
+		case old && other:
+			byBoth++
+		case old:
+			byOld++
+		default:
+			byNew++
 		}
+		m.WaitProp(t, "dice.service", "ActiveState", "inactive", 30*time.Second)
+		round++
 	}
-	t.Logf("%d rounds of 1+%d requests in %s, %d processes: %d failed requests; bursts "+
-		"answered by 2+ processes: %d, by the process before: %d, by a new one: %d "+
-		"(final aim %s)", round, clients, time.Since(start).Round(time.Millisecond),
-		len(processes), len(failed), straddled, early, late, aim)
+	t.Logf("%d rounds of 1+%d requests: %d failed; bursts answered by the old instance: %d, "+
+		"by a new one: %d, by both: %d", rounds, clients, len(failed), byOld, byNew, byBoth)
 	assert.Empty(t, failed, "failed requests")
-	assert.Positive(t, straddled, "no burst met an exit: the test missed the window")
 	assert.Equal(t, "active", m.Show(t, "dice.socket", "ActiveState"))
 	assert.Equal(t, "success", m.Show(t, "dice.service", "Result"))
+}
+
+// stopped waits until process pid has stopped (SIGSTOP), and tells whether it has: not
+// if it exited first.
+func stopped(t *testing.T, pid int) bool {
+	t.Helper()
+	var state byte
+	require.Eventually(t, func() bool {
+		state = systemdtest.ProcessState(pid)
+		return state == 'T' || state == 'Z' || state == 0
+	}, 10*time.Second, time.Millisecond, "process %d stops or exits", pid)
+	return state == 'T'
+}
+
+// readRoll reads the answer to a GET /roll sent on c: the Dice-Pid of a good one.
+func readRoll(c net.Conn) (pid int, err error) {
+	if err := c.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		return 0, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var a dice.Answer
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil || a.Result < 1 || a.Result > 6 {
+		return 0, fmt.Errorf("status %d, result %d, %v", resp.StatusCode, a.Result, err)
+	}
+	return strconv.Atoi(resp.Header.Get("Dice-Pid"))
 }
 
 // TestOnlyARealClientHoldsTheService proves that the idle timer counts connections
