@@ -223,7 +223,7 @@ func TestAdminSocketRefusesOtherUsers(t *testing.T) {
 	assert.Equal(t, os.ModeSocket|0o600, fi.Mode(), "SocketMode=0600")
 	out, err := dial()
 	assert.Error(t, err)
-	assert.Contains(t, out, "connect: permission denied", "uid %d", uid)
+	assert.Contains(t, out, "connect: permission denied", "uid %d (%v)", uid, err)
 	s.requireNoProcess(t)
 
 	require.NoError(t, s.m.DropIn("dice-admin.socket", "mode", "[Socket]\nSocketMode=0666\n"))
@@ -262,10 +262,12 @@ func asNobody(t *testing.T) string {
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	require.NoError(t, os.Chmod(dir, 0o755))
-	self, err := os.ReadFile(os.Args[0])
-	require.NoError(t, err)
+	// cp writes it, not this process: a file open for writing here would be inherited
+	// by the processes that parallel tests start, and running it would fail with "text
+	// file busy" while one of them holds it (golang/go#22315).
 	bin := filepath.Join(dir, "dial")
-	require.NoError(t, os.WriteFile(bin, self, 0o755))
+	out, err := exec.Command("cp", os.Args[0], bin).CombinedOutput()
+	require.NoError(t, err, "%s", out)
 	return bin
 }
 
