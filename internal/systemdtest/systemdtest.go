@@ -290,10 +290,17 @@ func Need(t testing.TB, program string) string {
 // BuildStage builds the package in stageDir (relative to the module root, such as
 // "02-socket-activated") into a temporary directory and returns that directory; the
 // binary in it is named after stageDir. A socket-activated stage must run as a
-// binary: a wrapper such as `go run` would not have the pid in LISTEN_PID.
+// binary: a wrapper such as `go run` would not have the pid in LISTEN_PID. Under
+// `make test`, which has built every stage once into $DICE_TEST_BIN, the binary is a
+// hard link to that build: a path of the test's own all the same (tests find their
+// processes by it, and replace it), without a build each.
 func BuildStage(t testing.TB, stageDir string) string {
 	t.Helper()
 	dir := t.TempDir()
+	if built := os.Getenv("DICE_TEST_BIN"); built != "" &&
+		os.Link(filepath.Join(built, stageDir), filepath.Join(dir, stageDir)) == nil {
+		return dir
+	}
 	_, err := Build(ModuleRoot(t), dir, "", stageDir)
 	require.NoError(t, err)
 	return dir
