@@ -36,7 +36,7 @@ PREV  = $(patsubst %/,%,$(wildcard 0$(BASE)-*/))
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-# The one build recipe: the tests, the bench and install-system call it, e.g.
+# The one build recipe: the tests, the bench and make install-system call it, e.g.
 # `make build BIN=/tmp/x PROGRAMS=02-socket-activated`; PKG=./internal/bench/floor builds
 # that package under the programs' names (the bench's floor).
 BIN ?= bin
@@ -93,10 +93,10 @@ status: ## systemctl status of the dice units, and their processes
 # STAGE=2 on the command line overrides STAGE above; the script takes 2, 02 or the name.
 install-system: $(if $(filter 8 08 08-container,$(STAGE)),image) ## install-system STAGE=2: hardened system units (DESTDIR, PREFIX)
 	@test -n "$(STAGE)" || { echo "usage: sudo make install-system STAGE=2   (stages: $(STAGES))"; exit 2; }
-	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" GO="$(GO)" scripts/install-system "$(STAGE)"
+	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" GO="$(GO)" scripts/run-stage --system "$(STAGE)"
 
 uninstall-system: ## stop, disable and remove the system units and binary
-	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" scripts/install-system --uninstall
+	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" scripts/run-stage --uninstall-system
 
 test-system: ## stages 1-7 as system units (install-system), in Debian 12 under nspawn
 	@DICE_STEPS='system-*' scripts/test-distros bookworm
