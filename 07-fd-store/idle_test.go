@@ -86,7 +86,10 @@ func withHTTPServer(t *testing.T) bool {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(
 		func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
 	start := time.Now()
-	tm := startIdleTimer(after, func() { close(fired) }, nil)
+	// In a try that tells nothing the timer may fire twice: before the late connection
+	// came, and again once it closed.
+	var once sync.Once
+	tm := startIdleTimer(after, func() { once.Do(func() { close(fired) }) }, nil)
 	var first sync.Once
 	var late atomic.Bool
 	srv.Config.ConnState = func(c net.Conn, state http.ConnState) {
