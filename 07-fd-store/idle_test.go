@@ -81,7 +81,7 @@ func TestWithHTTPServer(t *testing.T) {
 // connection came later than the idle time (a loaded machine), the timer may rightly
 // have fired before it, and the try tells nothing: it returns false.
 func withHTTPServer(t *testing.T) bool {
-	const after = 200 * time.Millisecond
+	const after = 20 * time.Millisecond
 	fired := make(chan struct{})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(
 		func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
@@ -102,7 +102,9 @@ func withHTTPServer(t *testing.T) bool {
 	defer srv.Close()
 
 	client := &http.Client{Transport: &http.Transport{}}
-	deadline := time.Now().Add(600 * time.Millisecond)
+	// The requests go on for three idle periods: a timer that the connection did not
+	// hold would fire before they end.
+	deadline := time.Now().Add(3 * after)
 	for time.Now().Before(deadline) {
 		resp, err := client.Get(srv.URL)
 		require.NoError(t, err)
@@ -112,7 +114,7 @@ func withHTTPServer(t *testing.T) bool {
 			client.CloseIdleConnections()
 			return false
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(after / 5)
 	}
 	select {
 	case <-fired:
