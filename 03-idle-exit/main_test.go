@@ -30,7 +30,7 @@ func TestWithoutSystemdItSaysWhatToDo(t *testing.T) {
 func TestExitsWhenIdle(t *testing.T) {
 	t.Parallel()
 	ln := stagetest.TCPListener(t)
-	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "300ms")
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "100ms")
 	exited := stagetest.Start(t, cmd)
 
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
@@ -41,11 +41,11 @@ func TestExitsWhenIdle(t *testing.T) {
 	case err := <-exited:
 		assert.NoError(t, err, "exit status 0 when idle")
 	case <-time.After(5 * time.Second):
-		t.Fatal("still running 5 s after the last connection closed, with -idle 300ms")
+		t.Fatal("still running 5 s after the last connection closed, with -idle 100ms")
 	}
 }
 
-// TestKeepAliveHoldsIt: a keep-alive connection that stays open and silent for four
+// TestKeepAliveHoldsIt: a keep-alive connection that stays open and silent for two
 // idle periods after its first request holds the stage (the timer counts
 // connections, not requests): its second request is answered, and the stage exits
 // once the connection closes.
@@ -60,7 +60,7 @@ func TestKeepAliveHoldsIt(t *testing.T) {
 	r := bufio.NewReader(c)
 	for i := range 2 {
 		if i > 0 {
-			time.Sleep(400 * time.Millisecond) // four idle periods
+			time.Sleep(200 * time.Millisecond) // two idle periods
 		}
 		_, err := fmt.Fprintf(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n")
 		require.NoError(t, err)

@@ -219,7 +219,7 @@ func TestWrongNamesSayWhichLineToFix(t *testing.T) {
 
 // TestAdminConnectionHoldsIt: the idle timer counts the admin socket's connections
 // too. A keep-alive connection to the admin socket that stays open and silent for
-// four idle periods after its first request keeps the stage running: its second
+// two idle periods after its first request keeps the stage running: its second
 // request is answered; it exits 0 once the connection closes.
 func TestAdminConnectionHoldsIt(t *testing.T) {
 	t.Parallel()
@@ -233,7 +233,7 @@ func TestAdminConnectionHoldsIt(t *testing.T) {
 	r := bufio.NewReader(c)
 	for i := range 2 {
 		if i > 0 {
-			time.Sleep(400 * time.Millisecond) // four idle periods
+			time.Sleep(200 * time.Millisecond) // two idle periods
 		}
 		_, err := fmt.Fprintf(c, "GET /stats HTTP/1.1\r\nHost: dice\r\n\r\n")
 		require.NoError(t, err)
@@ -263,7 +263,7 @@ func TestExitsWhenIdle(t *testing.T) {
 	ln := stagetest.TCPListener(t)
 	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln),
 		stagetest.File(t, unixListener(t))}, []string{"LISTEN_FDNAMES=public:admin"},
-		"-idle", "300ms")
+		"-idle", "100ms")
 	exited := stagetest.Start(t, cmd)
 
 	status, pid, _ := dicetest.Roll(t, dicetest.NewConn, "http://"+ln.Addr().String())
@@ -273,7 +273,7 @@ func TestExitsWhenIdle(t *testing.T) {
 	case err := <-exited:
 		assert.NoError(t, err, "exit status 0 when idle")
 	case <-time.After(5 * time.Second):
-		t.Fatal("still running 5 s after the last connection closed, with -idle 300ms")
+		t.Fatal("still running 5 s after the last connection closed, with -idle 100ms")
 	}
 }
 
