@@ -90,6 +90,7 @@ func (s *syncBuffer) String() string {
 }
 
 func TestWithoutSystemdItSaysWhatToDo(t *testing.T) {
+	t.Parallel()
 	code, out := stagetest.Exit(t, stagetest.Self("-idle", "1s"))
 	assert.Equal(t, 1, code)
 	assert.Contains(t, out, "LISTEN_FDS unset")
@@ -102,6 +103,7 @@ func TestWithoutSystemdItSaysWhatToDo(t *testing.T) {
 // the admin one; /stats answers on the admin socket only, counts the rolls, and the
 // log names the caller's uid.
 func TestNamesNotOrder(t *testing.T) {
+	t.Parallel()
 	for _, adminFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("admin first: %v", adminFirst), func(t *testing.T) {
 			v4, other, admin := stagetest.TCPListener(t), stagetest.TCPListener(t), unixListener(t)
@@ -162,6 +164,7 @@ func TestNamesNotOrder(t *testing.T) {
 // wrong kind, as a mistyped unit would: each time the service exits 1 and names
 // the unit line to fix.
 func TestWrongNamesSayWhichLineToFix(t *testing.T) {
+	t.Parallel()
 	tcp := func(t *testing.T) *os.File { return stagetest.File(t, stagetest.TCPListener(t)) }
 	unix := func(t *testing.T) *os.File { return stagetest.File(t, unixListener(t)) }
 	udp := func(t *testing.T) *os.File { return stagetest.File(t, stagetest.UDPConn(t)) }
@@ -280,6 +283,7 @@ func TestExitsWhenIdle(t *testing.T) {
 // TestStatsMethods: /stats takes GET and HEAD only; any other path on the admin
 // socket is a 404 JSON error.
 func TestStatsMethods(t *testing.T) {
+	t.Parallel()
 	admin := unixListener(t)
 	cmd := stagetest.Activated([]*os.File{stagetest.File(t, stagetest.TCPListener(t)),
 		stagetest.File(t, admin)}, []string{"LISTEN_FDNAMES=public:admin"}, "-idle", "1m")
