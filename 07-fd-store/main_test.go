@@ -119,6 +119,7 @@ func TestTakesBackStoredConnections(t *testing.T) {
 // TestWrongActivation: what systemd passes must be one listening socket, and stored
 // connections; anything else is refused with what to change.
 func TestWrongActivation(t *testing.T) {
+	t.Parallel()
 	server, _ := stagetest.TCPConn(t)
 	for _, tt := range []struct {
 		name  string
