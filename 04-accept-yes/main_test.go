@@ -78,6 +78,7 @@ func TestServesOneConnection(t *testing.T) {
 // cut off after the server's ReadHeaderTimeout (dice.ReadHeaderTimeout; 100 ms here),
 // and serve returns, so that the process exits.
 func TestSilentClientCannotHoldAProcess(t *testing.T) {
+	t.Parallel()
 	server, client := stagetest.TCPConn(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := dice.NewServer(&dice.Handler{Log: log}, log)

@@ -15,6 +15,7 @@ import (
 )
 
 func TestAcceptOnceThenBlockUntilClosed(t *testing.T) {
+	t.Parallel()
 	server, client := net.Pipe()
 	defer client.Close()
 	l := newOneConnListener(server)
