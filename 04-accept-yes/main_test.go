@@ -75,14 +75,14 @@ func TestServesOneConnection(t *testing.T) {
 }
 
 // TestSilentClientCannotHoldAProcess: a client that connects and sends nothing is
-// cut off after the server's ReadHeaderTimeout (dice.ReadHeaderTimeout; 100 ms here),
+// cut off after the server's ReadHeaderTimeout (dice.ReadHeaderTimeout; 50 ms here),
 // and serve returns, so that the process exits.
 func TestSilentClientCannotHoldAProcess(t *testing.T) {
 	t.Parallel()
 	server, client := stagetest.TCPConn(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := dice.NewServer(&dice.Handler{Log: log}, log)
-	srv.ReadHeaderTimeout = 100 * time.Millisecond
+	srv.ReadHeaderTimeout = 50 * time.Millisecond
 	served := make(chan error, 1)
 	go func() { served <- serve(context.Background(), server, srv) }()
 	select {

@@ -32,7 +32,7 @@ func TestAcceptOnceThenBlockUntilClosed(t *testing.T) {
 	select {
 	case <-accepted:
 		t.Fatal("the second Accept returned before Close")
-	case <-time.After(100 * time.Millisecond):
+	case <-time.After(50 * time.Millisecond):
 	}
 	require.NoError(t, l.Close())
 	require.NoError(t, l.Close(), "a second Close is harmless")
