@@ -23,12 +23,14 @@ type idleTimer struct {
 }
 
 // startIdleTimer returns a timer whose clock runs from now, as no connection is open
-// yet. onIdle runs once, in its own goroutine. onChange, if not nil, is called with
-// the number of open connections after it changes, from a goroutine of its own: never
-// under the timer's lock, and the last call always has the latest number.
+// yet. onIdle runs once, in its own goroutine: a connection that comes while the
+// server shuts down starts the clock again when it closes, and it runs out again, but
+// onIdle has run. onChange, if not nil, is called with the number of open connections
+// after it changes, from a goroutine of its own: never under the timer's lock, and the
+// last call always has the latest number.
 func startIdleTimer(after time.Duration, onIdle func(), onChange func(open int)) *idleTimer {
 	t := &idleTimer{after: after, changed: make(chan struct{}, 1)}
-	t.timer = time.AfterFunc(after, onIdle)
+	t.timer = time.AfterFunc(after, sync.OnceFunc(onIdle))
 	if onChange != nil {
 		go func() {
 			for range t.changed {

@@ -25,6 +25,22 @@ func TestFiresWithoutAnyConnection(t *testing.T) {
 	}
 }
 
+// TestFiresOnce: a connection that comes after onIdle ran (while the server shuts
+// down) starts the clock again when it closes; onIdle must not run a second time.
+func TestFiresOnce(t *testing.T) {
+	t.Parallel()
+	const after = 20 * time.Millisecond
+	var runs atomic.Int32
+	fired := make(chan struct{}, 2)
+	tm := startIdleTimer(after, func() { runs.Add(1); fired <- struct{}{} }, nil)
+	<-fired
+	c := &net.TCPConn{}
+	tm.ConnState(c, http.StateNew)
+	tm.ConnState(c, http.StateClosed)
+	time.Sleep(25 * after) // The clock has run out again.
+	assert.Equal(t, int32(1), runs.Load(), "onIdle runs once")
+}
+
 func TestOpenConnectionHoldsTheClock(t *testing.T) {
 	t.Parallel()
 	const after = 20 * time.Millisecond
@@ -86,10 +102,7 @@ func withHTTPServer(t *testing.T) bool {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(
 		func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
 	start := time.Now()
-	// In a try that tells nothing the timer may fire twice: before the late connection
-	// came, and again once it closed.
-	var once sync.Once
-	tm := startIdleTimer(after, func() { once.Do(func() { close(fired) }) }, nil)
+	tm := startIdleTimer(after, func() { close(fired) }, nil)
 	var first sync.Once
 	var late atomic.Bool
 	srv.Config.ConnState = func(c net.Conn, state http.ConnState) {
