@@ -37,7 +37,7 @@ func TestFiresOnce(t *testing.T) {
 	c := &net.TCPConn{}
 	tm.ConnState(c, http.StateNew)
 	tm.ConnState(c, http.StateClosed)
-	time.Sleep(25 * after) // The clock has run out again.
+	time.Sleep(5 * after) // The clock has run out again (unless the machine is very slow).
 	assert.Equal(t, int32(1), runs.Load(), "onIdle runs once")
 }
 
