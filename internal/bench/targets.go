@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -123,14 +122,13 @@ func addTargets() {
 		"dice@.service", "[Service]\nEnvironment=GOMAXPROCS=1\n").exits = true
 }
 
-// freePort is a TCP port on 127.0.0.1 that was free a moment ago.
+// freePort is systemdtest.Port, or the end of the run if there is none.
 func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := systemdtest.Port()
 	if err != nil {
 		panic(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // podman is the environment of podman's storage for stage 08, below tmp (set by build).

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -321,13 +322,31 @@ func ModuleRoot(t testing.TB) string {
 	}
 }
 
-// FreePort is a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort is Port that fails the test when it finds none.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := Port()
 	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
+}
+
+// Port is a TCP port on 127.0.0.1 that was free a moment ago, for a socket unit or an
+// app to listen on. It is taken at random below the kernel's ephemeral ports
+// (net.ipv4.ip_local_port_range), where every client connection gets its own port:
+// one of those, free when asked, could be a connection's a moment later, and the
+// socket unit that listens there would fail (Result=resources, address in use).
+func Port() (int, error) {
+	low := 32768
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		_, _ = fmt.Sscan(string(data), &low)
+	}
+	for range 100 {
+		port := 10000 + rand.IntN(max(low-10000, 1))
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			return port, ln.Close()
+		}
+	}
+	return 0, fmt.Errorf("no free port from 10000 to %d on 127.0.0.1", low)
 }
 
 // PodmanEnv writes a podman configuration below dir, with storage and temporary files

@@ -121,3 +121,19 @@ func TestStageQueries(t *testing.T) {
 	_, err := Query(top, "--units", "no-such-stage")
 	assert.Error(t, err)
 }
+
+// TestPortIsNoEphemeralPort: Port's ports lie below the kernel's ephemeral ports, so
+// that no client connection can take one before a socket unit listens there.
+func TestPortIsNoEphemeralPort(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	require.NoError(t, err)
+	var low int
+	_, err = fmt.Sscan(string(data), &low)
+	require.NoError(t, err)
+	for range 50 {
+		port := FreePort(t)
+		assert.GreaterOrEqual(t, port, 10000)
+		assert.Less(t, port, low, "an ephemeral port")
+	}
+}
