@@ -31,7 +31,7 @@ BASE  = $(or $(if $(filter 4 5,$(N)),2),$(if $(filter 6 7 8,$(N)),3),$(shell exp
 PREV  = $(patsubst %/,%,$(wildcard 0$(BASE)-*/))
 
 .PHONY: help build test diff clean run-stage stop-stage status
-.PHONY: install-system uninstall-system test-system test-distros transcripts measure bench image
+.PHONY: install-system uninstall-system test-system test-distros transcripts figures measure bench image
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -108,6 +108,9 @@ test-distros: ## the README as a user in a login session, on Debian 12, 13 and t
 # DICE_STEPS=transcripts scripts/test-distros trixie: the same, only checking them.
 transcripts: ## run the docs' console blocks in Debian 13 and write what they print back
 	@DICE_TRANSCRIPTS=update DICE_STEPS=transcripts scripts/test-distros trixie
+
+figures: ## make bench as a user in Debian 13, and write its figures back to the docs
+	@DICE_STEPS=bench scripts/test-distros trixie
 
 # Both build the stages with `make build` and run each one, and the blog's Flask app
 # (Debian's python3-flask, not a venv's; without it, its rows are skipped), under a

@@ -140,6 +140,7 @@ func figures() map[string]string {
 		// docs/bench.md
 		"kind":    kind,
 		"date":    started.UTC().Format("2006-01-02 15:04 UTC"),
+		"os":      osRelease(),
 		"cpus":    fmt.Sprint(runtime.NumCPU()),
 		"cpu":     strings.TrimSpace(cpu),
 		"kernel":  procFile("sys/kernel/osrelease"),
@@ -301,6 +302,15 @@ func procFile(name string) string {
 		return "?"
 	}
 	return strings.TrimSpace(string(data))
+}
+
+// osRelease is the system's name, PRETTY_NAME in /etc/os-release; "?" if none.
+func osRelease() string {
+	data, _ := os.ReadFile("/etc/os-release")
+	if m := regexp.MustCompile(`(?m)^PRETTY_NAME="?([^"\n]*)`).FindSubmatch(data); m != nil {
+		return string(m[1])
+	}
+	return "?"
 }
 
 // loadavg is the load average over 1, 5 and 15 minutes.
