@@ -109,7 +109,7 @@ test-distros: ## the README as a user in a login session, on Debian 12, 13 and t
 transcripts: ## run the docs' console blocks in Debian 13 and write what they print back
 	@DICE_TRANSCRIPTS=update DICE_STEPS=transcripts scripts/test-distros trixie
 
-figures: ## make bench as a user in Debian 13, and write its figures back to the docs
+figures: ## make bench in Debian 13 (as root, for stage 08), its figures written back to the docs
 	@DICE_STEPS=bench scripts/test-distros trixie
 
 # Both build the stages with `make build` and run each one, and the blog's Flask app
