@@ -239,7 +239,7 @@ func (s sample) p(percent int) time.Duration {
 }
 
 // rss is the memory of a target at one moment: its processes and their RSS in KiB, of
-// it file-backed (RssFile) and the helper's (05's proxy, 08's conmon).
+// it the binaries' pages (file) and the helper's (05's proxy, 08's conmon).
 type rss struct{ procs, kib, file, helper int }
 
 func (r rss) String() string {

@@ -356,14 +356,16 @@ func (t *target) listening() bool {
 
 // memory is the target's processes, the main process of each dice service (04's
 // instances, 05's proxy and app, 08's conmon) and their children (08's program), and
-// their RSS: VmRSS, what `ps -o rss=` shows, of it RssFile (the binaries' pages), and
+// their RSS: VmRSS, what `ps -o rss=` shows, of it the binaries' pages (RssFile, and
+// RssShmem for a binary in a tmpfs such as Debian 13's /tmp), and
 // the helper's beside the program (05's proxy, 08's conmon).
 func (t *target) memory() (r rss) {
 	pids, _ := t.m.Prop("dice*.service", "MainPID")
 	for todo := strings.Fields(pids); len(todo) > 0; todo = todo[1:] {
 		status, err := os.ReadFile("/proc/" + todo[0] + "/status")
 		if kib := statusKiB(status, "VmRSS"); err == nil && kib > 0 {
-			r.procs, r.kib, r.file = r.procs+1, r.kib+kib, r.file+statusKiB(status, "RssFile")
+			r.procs, r.kib, r.file = r.procs+1, r.kib+kib, r.file+
+				statusKiB(status, "RssFile")+statusKiB(status, "RssShmem")
 			if strings.HasPrefix(string(status), "Name:\tsystemd-socket-") ||
 				strings.HasPrefix(string(status), "Name:\tconmon") {
 				r.helper += kib
