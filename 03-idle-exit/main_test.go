@@ -52,15 +52,17 @@ func TestExitsWhenIdle(t *testing.T) {
 func TestKeepAliveHoldsIt(t *testing.T) {
 	t.Parallel()
 	ln := stagetest.TCPListener(t)
-	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "100ms")
-	exited := stagetest.Start(t, cmd)
-
+	// Connected first: the stage takes the connection from the backlog as it starts,
+	// however long the start takes here.
 	c, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil, "-idle", "50ms")
+	exited := stagetest.Start(t, cmd)
+
 	r := bufio.NewReader(c)
 	for i := range 2 {
 		if i > 0 {
-			time.Sleep(200 * time.Millisecond) // two idle periods
+			time.Sleep(100 * time.Millisecond) // two idle periods
 		}
 		_, err := fmt.Fprintf(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n")
 		require.NoError(t, err)

@@ -206,6 +206,7 @@ func TestWrongNamesSayWhichLineToFix(t *testing.T) {
 			[]string{"is one connection, not a listening socket", "needs Accept=no"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			var files []*os.File
 			for _, fd := range tc.fds {
 				files = append(files, fd(t))
@@ -227,16 +228,18 @@ func TestWrongNamesSayWhichLineToFix(t *testing.T) {
 func TestAdminConnectionHoldsIt(t *testing.T) {
 	t.Parallel()
 	admin := unixListener(t)
-	cmd := stagetest.Activated([]*os.File{stagetest.File(t, stagetest.TCPListener(t)),
-		stagetest.File(t, admin)}, []string{"LISTEN_FDNAMES=public:admin"}, "-idle", "100ms")
-	exited := stagetest.Start(t, cmd)
-
+	// Connected first: the stage takes the connection from the backlog as it starts,
+	// however long the start takes here.
 	c, err := net.Dial("unix", admin.Addr().String())
 	require.NoError(t, err)
+	cmd := stagetest.Activated([]*os.File{stagetest.File(t, stagetest.TCPListener(t)),
+		stagetest.File(t, admin)}, []string{"LISTEN_FDNAMES=public:admin"}, "-idle", "50ms")
+	exited := stagetest.Start(t, cmd)
+
 	r := bufio.NewReader(c)
 	for i := range 2 {
 		if i > 0 {
-			time.Sleep(200 * time.Millisecond) // two idle periods
+			time.Sleep(100 * time.Millisecond) // two idle periods
 		}
 		_, err := fmt.Fprintf(c, "GET /stats HTTP/1.1\r\nHost: dice\r\n\r\n")
 		require.NoError(t, err)

@@ -103,6 +103,7 @@ func TestSkipOrFailSkipsUnlessRequired(t *testing.T) {
 // TestStageQueries: which units start a stage and which programs it runs, as
 // scripts/run-stage answers for everyone.
 func TestStageQueries(t *testing.T) {
+	t.Parallel()
 	top := ModuleRoot(t)
 	for _, tt := range []struct{ stage, units, programs string }{
 		{"01-always-on", "dice.service", "dice.service 01-always-on -addr 127.0.0.1:8080"},
@@ -110,6 +111,7 @@ func TestStageQueries(t *testing.T) {
 		{"05-socket-proxyd", "dice.socket", "dice-backend.service 01-always-on -addr 127.0.0.1:${PORT}"},
 	} {
 		t.Run(tt.stage, func(t *testing.T) {
+			t.Parallel()
 			units, err := Query(top, "--units", tt.stage)
 			require.NoError(t, err)
 			assert.Equal(t, []string{tt.units}, units)
