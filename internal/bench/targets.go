@@ -21,7 +21,7 @@ const python = "/usr/bin/python3"
 // of its own, and what was measured of it.
 type target struct {
 	key, label string
-	stage      string   // its units: units/<stage>/; "" for always-on Flask
+	stage      string   // its units: units/<stage>/ (a stage's, or the post's: post-*)
 	bin        string   // the directory in tmp of the programs its units run: bin, floor, cfloor
 	in         []string // the tables it is a row of: rss, cold, warm, conn, day (report.go)
 	dropIns    []string // unit, content, ...: what the run changes besides binary and port
@@ -94,18 +94,16 @@ func addTargets() {
 	t = add("06u", "06, unix socket (/stats)", "06-named-sockets", "bin", []string{"cold", "warm"})
 	t.exits, t.args = true, []string{"-idle", idle.String()}
 	t.unix, t.path = "dice-admin.sock", "/stats"
-	// The post's next step: its dice_ng.py on fd 3, under 02's units.
-	add("fs", "Flask, socket-activated", "02-socket-activated", "bin", all, "dice.service",
-		noLimit+"[Service]\nEnvironment=PYTHONDONTWRITEBYTECODE=1\nExecStart=\nExecStart="+
-			python+" "+top+"/post/dice_ng.py\n")
+	// The post's next step: its dice_ng.py on fd 3, under its units.
+	add("fs", "Flask, socket-activated", "post-socket-activated", "bin", all, "dice.service",
+		noLimit+"[Service]\nEnvironment=PYTHONDONTWRITEBYTECODE=1\n")
 	// 08: 03's program in a podman container (conmon beside it), as its units run it.
 	t = add("08", "08-container", "08-container", "bin", all)
 	t.exits, t.args = true, []string{"-idle", idle.String()}
-	// Not a stage: units/post-always-on/dice.service as it is, run on this checkout's dice.py.
-	add("flask", "Flask, always on", "", "", all, "dice-flask.service", fmt.Sprintf(
-		"# bench: this checkout's dice.py, another port.\n[Service]\nExecStart=\n"+
-			"ExecStart=%s -m flask --app %s/post/dice.py run --host 127.0.0.1 "+
-			"--port %d\n", python, top, port))
+	// The post's start, its dice.py always on; the port is in its ExecStart=.
+	add("flask", "Flask, always on", "post-always-on", "bin", all, "dice.service", fmt.Sprintf(
+		"# bench: another port.\n[Service]\nExecStart=\nExecStart=%s -m flask --app "+
+			"%s/post/dice.py run --host 127.0.0.1 --port %d\n", python, top, port))
 	if *measure {
 		return
 	}
@@ -245,23 +243,12 @@ func (t *target) install() (err error) {
 		return err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(t.port)
-	switch {
-	case t.stage == "":
-		t.entry = []string{"dice-flask.service"}
-		dir := t.m.RuntimeDir() + "/systemd/user"
-		unit, err := os.ReadFile("units/post-always-on/dice.service")
-		if err = errors.Join(err, os.MkdirAll(dir, 0o755)); err != nil {
-			return err
-		}
-		if err = os.WriteFile(dir+"/dice-flask.service", unit, 0o644); err != nil {
-			return err
-		}
-	case t.stage == "01-always-on": // no socket: the address is the program's -addr
+	if t.stage == "01-always-on" { // no socket: the address is the program's -addr
 		err = t.m.InstallStage(t.stage, tmp+"/"+t.bin, "", append(t.args, "-addr", addr)...)
-	default:
+	} else {
 		err = t.m.InstallBackend(t.stage, t.backend, tmp+"/"+t.bin, addr, t.args...)
 	}
-	if err == nil && t.stage != "" {
+	if err == nil {
 		var units []string
 		units, err = systemdtest.Query(top, "--units", t.stage)
 		t.entry = strings.Fields(strings.Join(units, " "))
