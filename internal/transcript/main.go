@@ -199,11 +199,15 @@ func run(cmds []*command, timeout time.Duration) (int, error) {
 			return i, fmt.Errorf("%d: `%s` did not finish (%v)", c.line+1, c.code[0], err)
 		}
 		if s := strings.TrimSuffix(parts[i], "\n"); s != "" {
-			c.got = strings.Split(strings.ReplaceAll(s, "\r", ""), "\n")
+			c.got = strings.Split(terminal.ReplaceAllString(s, ""), "\n")
 		}
 	}
 	return len(cmds), nil
 }
+
+// terminal matches what a terminal does not print: carriage returns, and the colour
+// escapes of a program that colours even a file (werkzeug).
+var terminal = regexp.MustCompile("\r|\x1b\\[[0-9;]*m")
 
 var masks = []struct {
 	re   *regexp.Regexp

@@ -51,10 +51,12 @@ func TestKeepElisions(t *testing.T) {
 	assert.Equal(t, got, keepElisions([]string{"x"}, got), "no ... : got as it is")
 }
 
-// TestRunAndRewrite runs a file's blocks in one bash (a cd carries over), and
-// rewrites only the command whose output differs.
+// TestRunAndRewrite runs a file's blocks in one bash (a cd carries over), compares
+// output as a terminal shows it (no colour escapes), and rewrites only the command
+// whose output differs.
 func TestRunAndRewrite(t *testing.T) {
-	md := "# t\n```console\n$ cd /\n$ pwd\n/\n$ echo pid $$\npid 1\n$ echo a\n> echo b\nb\n```\n"
+	md := "# t\n```console\n$ cd /\n$ pwd\n/\n$ printf '\\e[31mpid\\e[0m %s\\r\\n' $$\npid 1\n" +
+		"$ echo a\n> echo b\nb\n```\n"
 	lines := strings.Split(strings.TrimSuffix(md, "\n"), "\n")
 	cmds, blocks, notRun, err := parse("t.md", lines)
 	require.NoError(t, err)
