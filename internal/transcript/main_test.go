@@ -110,13 +110,14 @@ func TestNotRun(t *testing.T) {
 // TestDoesNotFinish: a command that outlives the timeout is named, and those before it
 // are compared.
 func TestDoesNotFinish(t *testing.T) {
-	// The sleep's output goes elsewhere: a process left holding the output would keep
+	// The sleep is bash itself (exec), so that the timeout's kill leaves no process
+	// behind; its output goes elsewhere, as a process left holding the output would keep
 	// run waiting a second more (WaitDelay).
-	lines := strings.Split("```console\n$ echo a\na\n$ sleep 5 >/dev/null 2>&1\n$ echo b\n```", "\n")
+	lines := strings.Split("```console\n$ echo a\na\n$ exec sleep 5 >/dev/null 2>&1\n$ echo b\n```", "\n")
 	cmds, _, _, err := parse("t.md", lines)
 	require.NoError(t, err)
 	n, err := run(cmds, 200*time.Millisecond)
-	assert.ErrorContains(t, err, "4: `sleep 5 >/dev/null 2>&1` did not finish")
+	assert.ErrorContains(t, err, "4: `exec sleep 5 >/dev/null 2>&1` did not finish")
 	require.Equal(t, 1, n)
 	assert.Equal(t, []string{"a"}, cmds[0].got)
 }
