@@ -113,7 +113,8 @@ func TestDoesNotFinish(t *testing.T) {
 	// The sleep is bash itself (exec), so that the timeout's kill leaves no process
 	// behind; its output goes elsewhere, as a process left holding the output would keep
 	// run waiting a second more (WaitDelay).
-	lines := strings.Split("```console\n$ echo a\na\n$ exec sleep 5 >/dev/null 2>&1\n$ echo b\n```", "\n")
+	lines := strings.Split("```console\n$ echo a\na\n$ exec sleep 5 >/dev/null 2>&1\n"+
+		"$ echo b\n```", "\n")
 	cmds, _, _, err := parse("t.md", lines)
 	require.NoError(t, err)
 	n, err := run(cmds, 200*time.Millisecond)
