@@ -94,9 +94,11 @@ func keepAliveHoldsIt(t *testing.T) bool {
 		if i > 0 {
 			time.Sleep(100 * time.Millisecond) // two idle periods
 		}
+		var resp *http.Response
 		_, err := fmt.Fprintf(c, "GET /roll HTTP/1.1\r\nHost: dice\r\n\r\n")
-		require.NoError(t, err)
-		resp, err := http.ReadResponse(r, nil)
+		if err == nil {
+			resp, err = http.ReadResponse(r, nil)
+		}
 		if err != nil && stoppedFirst() {
 			return false
 		}
