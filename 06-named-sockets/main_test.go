@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -228,92 +226,24 @@ func TestWrongNamesSayWhichLineToFix(t *testing.T) {
 // request is answered; it exits 0 once the connection closes.
 func TestAdminConnectionHoldsIt(t *testing.T) {
 	t.Parallel()
-	for try := 1; !adminConnectionHoldsIt(t); try++ {
-		require.Less(t, try, 10, "in 10 tries the stage never took the connection in time")
-		t.Log("the idle time ran out before the stage took the connection: trying again")
-	}
-}
-
-// adminConnectionHoldsIt is TestAdminConnectionHoldsIt. The clock runs from the start: if the
-// stage took the connection later than the idle time (a loaded machine), it rightly
-// stopped first, and a request on the connection fails. Its log then says it stopped
-// before any roll (rolls=0): such a try tells nothing, and it returns false. A timer
-// that counted requests, not connections, stops after the first roll.
-func adminConnectionHoldsIt(t *testing.T) bool {
-	admin := unixListener(t)
-	// Connected first: the connection waits in the backlog for the stage to start.
-	c, err := net.Dial("unix", admin.Addr().String())
-	require.NoError(t, err)
-	defer c.Close()
-	f := stagetest.File(t, admin)
-	public := stagetest.File(t, stagetest.TCPListener(t))
-	var out bytes.Buffer // the stage's log, read once it has exited
-	cmd := stagetest.Activated([]*os.File{public, f}, []string{"LISTEN_FDNAMES=public:admin"}, "-idle", "50ms")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	exited := stagetest.Start(t, cmd)
-	// Only the stage holds the socket now: a connection it did not take is reset when
-	// it exits.
-	require.NoError(t, errors.Join(admin.Close(), f.Close()))
-	stoppedFirst := func() bool {
-		select {
-		case <-exited:
-			return strings.Contains(out.String(), "rolls=0")
-		case <-time.After(5 * time.Second):
-			return false
-		}
-	}
-
-	r := bufio.NewReader(c)
-	for i := range 2 {
-		if i > 0 {
-			time.Sleep(100 * time.Millisecond) // two idle periods
-		}
-		var resp *http.Response
-		_, err := fmt.Fprintf(c, "GET /stats HTTP/1.1\r\nHost: dice\r\n\r\n")
-		if err == nil {
-			resp, err = http.ReadResponse(r, nil)
-		}
-		if err != nil && stoppedFirst() {
-			return false
-		}
-		require.NoError(t, err, "request %d on the kept-alive connection", i)
-		resp.Body.Close()
-		assert.Equal(t, http.StatusOK, resp.StatusCode)
-	}
-	select {
-	case err := <-exited:
-		t.Fatalf("exited (%v) while a keep-alive connection was in use", err)
-	default:
-	}
-	require.NoError(t, c.Close())
-	select {
-	case err := <-exited:
-		assert.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("still running 5 s after the connection closed")
-	}
-	return true
+	stagetest.IdleExit(t, 2, "/stats", []string{"LISTEN_FDNAMES=public:admin"},
+		func() (net.Listener, []*os.File) {
+			admin := unixListener(t)
+			return admin, []*os.File{stagetest.File(t, stagetest.TCPListener(t)),
+				stagetest.File(t, admin)}
+		})
 }
 
 // TestExitsWhenIdle: after a roll on the public socket, the stage exits 0 by itself
 // once no connection has been open on any socket for -idle.
 func TestExitsWhenIdle(t *testing.T) {
 	t.Parallel()
-	ln := stagetest.TCPListener(t)
-	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln),
-		stagetest.File(t, unixListener(t))}, []string{"LISTEN_FDNAMES=public:admin"},
-		"-idle", "100ms")
-	exited := stagetest.Start(t, cmd)
-
-	status, pid, _ := dicetest.Roll(t, dicetest.NewConn, "http://"+ln.Addr().String())
-	assert.Equal(t, http.StatusOK, status)
-	assert.Equal(t, cmd.Process.Pid, pid)
-	select {
-	case err := <-exited:
-		assert.NoError(t, err, "exit status 0 when idle")
-	case <-time.After(5 * time.Second):
-		t.Fatal("still running 5 s after the last connection closed, with -idle 100ms")
-	}
+	stagetest.IdleExit(t, 1, "/roll", []string{"LISTEN_FDNAMES=public:admin"},
+		func() (net.Listener, []*os.File) {
+			public := stagetest.TCPListener(t)
+			return public, []*os.File{stagetest.File(t, public),
+				stagetest.File(t, unixListener(t))}
+		})
 }
 
 // TestStatsMethods: /stats takes GET and HEAD only; any other path on the admin

@@ -10,6 +10,7 @@ package stagetest
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -182,6 +183,90 @@ func InFlight(t testing.TB, addr string) (finish func() (*http.Response, error))
 		}
 		return resp, err
 	}
+}
+
+// IdleExit checks a stage that exits when idle (03, 06, 07), started with -idle 50ms
+// on the sockets that sockets makes: ln, the one a client connects to, and files, all
+// that the stage is passed (LISTEN_FDNAMES in env). It answers n requests for path
+// on one connection, each after two idle periods in which the connection stays open
+// and silent (the timer counts connections, not requests), each from the stage's own
+// pid; once the connection is closed, it exits 0.
+//
+// The clock runs from the start. The connection is made before, and waits in the
+// backlog, but if the stage took it later than the idle time (a loaded machine), it
+// rightly stopped first: a request fails, or is answered with Connection: close, and
+// the stage's exit line says rolls=0. Such a try tells nothing, and is made again with
+// new sockets. A timer that counted requests, not connections, stops after a roll.
+func IdleExit(t *testing.T, n int, path string, env []string,
+	sockets func() (ln net.Listener, files []*os.File)) {
+	t.Helper()
+	for try := 1; ; try++ {
+		log, ok := idleExit(t, n, path, env, sockets)
+		if ok {
+			return
+		}
+		require.Less(t, try, 10, "in 10 tries the stage stopped before it took the "+
+			"connection; its last log:\n%s", log)
+		t.Log("the idle time ran out before the stage took the connection: trying again")
+	}
+}
+
+// idleExit is one try of IdleExit: false, with the stage's log, if the stage stopped
+// before it took the connection.
+func idleExit(t *testing.T, n int, path string, env []string,
+	sockets func() (net.Listener, []*os.File)) (string, bool) {
+	ln, files := sockets()
+	c, err := net.Dial(ln.Addr().Network(), ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	var out bytes.Buffer // the stage's log, read once it has exited
+	cmd := Activated(files, env, "-idle", "50ms")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	done, status := make(chan struct{}), error(nil)
+	go func() { status = cmd.Wait(); close(done) }()
+	exited := func(within time.Duration) bool {
+		select {
+		case <-done:
+			return true
+		case <-time.After(within):
+			return false
+		}
+	}
+	// Only the stage holds the sockets now: a connection it did not take is reset when
+	// it exits, not left waiting.
+	errs := []error{ln.Close()}
+	for _, f := range files {
+		errs = append(errs, f.Close())
+	}
+	require.NoError(t, errors.Join(errs...))
+
+	r := bufio.NewReader(c)
+	for i := range n {
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond) // two idle periods
+		}
+		var resp *http.Response
+		_, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: dice\r\n\r\n", path)
+		if err == nil {
+			resp, err = http.ReadResponse(r, nil)
+		}
+		// A roll counts in rolls=, a /stats does not: a stop after one tells nothing.
+		if (err != nil || i == 0 && resp.Close) && (i == 0 || path == "/roll") &&
+			exited(5*time.Second) && strings.Contains(out.String(), "rolls=0") {
+			return out.String(), false
+		}
+		require.NoError(t, err, "request %d on the kept-alive connection", i+1)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, strconv.Itoa(cmd.Process.Pid), resp.Header.Get("Dice-Pid"))
+	}
+	require.False(t, exited(0), "exited while a kept-alive connection was open")
+	require.NoError(t, c.Close())
+	require.True(t, exited(5*time.Second), "still running 5 s after the connection closed")
+	assert.NoError(t, status, "exit status 0 when idle")
+	return "", true
 }
 
 // RestartsUnderLoad restarts dice.service of m n times, one after the other, while 4
