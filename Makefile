@@ -51,14 +51,15 @@ build: ## build each stage's program into bin/<stage>
 # the 128 inotify instances a user may have).
 RACE := $(if $(shell command -v gcc || command -v cc),-race)
 
-# The e2e tests run the programs built here once (DICE_TEST_BIN), not one build each.
+# The e2e tests (build tag e2e: `go test ./...` alone leaves them out) run the programs
+# built here once (DICE_TEST_BIN), not one build each.
 test: ## gofmt, go vet and every test (the e2e ones under a real systemd)
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
-	$(GO) vet ./...
+	$(GO) vet -tags e2e ./...
 	$(if $(RACE),,@echo "no C compiler: the tests run without -race (apt-get install gcc)")
 	@bin=$$(mktemp -d) && trap 'rm -rf "$$bin"' EXIT && $(MAKE) -s build BIN="$$bin" >/dev/null && \
-		echo "DICE_TEST_BIN=$$bin $(GO) test $(RACE) -count=1 -parallel 6 ./..." && \
-		DICE_TEST_BIN="$$bin" $(GO) test $(RACE) -count=1 -parallel 6 ./...
+		echo "DICE_TEST_BIN=$$bin $(GO) test $(RACE) -tags e2e -count=1 -parallel 6 ./..." && \
+		DICE_TEST_BIN="$$bin" $(GO) test $(RACE) -tags e2e -count=1 -parallel 6 ./...
 
 diff: ## diff N=3: what stage N adds to the one it builds on (04, 05: 02; 06-08: 03)
 	@test -n "$(STAGE)" && test -n "$(PREV)" || \

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package main
 
 // The tests in this file run units/01-always-on under a real systemd user manager

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package main
 
 // The tests in this file run units/04-accept-yes (dice.socket with Accept=yes,

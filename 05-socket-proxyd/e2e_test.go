@@ -1,3 +1,5 @@
+//go:build e2e
+
 // Package socketproxyd holds no program: stage 05 runs stage 01's program, unchanged,
 // behind systemd-socket-proxyd (units/05-socket-proxyd). These tests run those units
 // under a real systemd user manager of their own (package systemdtest), on free ports

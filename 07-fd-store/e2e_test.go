@@ -1,3 +1,5 @@
+//go:build e2e
+
 package main
 
 // The tests in this file run units/07-fd-store under a real systemd user manager of

@@ -1,3 +1,5 @@
+//go:build e2e
+
 // Package container is stage 08: stage 03's program, unchanged, in a podman container
 // that dice.socket starts on the first connection and that is gone once idle. It has
 // no Go of its own; its tests run units/08-container under a real systemd user

@@ -1,3 +1,5 @@
+//go:build e2e
+
 // Package units holds no code: it is the unit files of every stage, and this test,
 // which checks each of them with systemd's own parser. Next to them, hardening/<stage>/
 // holds each stage's hardening drop-in, which `make install-system` installs with the

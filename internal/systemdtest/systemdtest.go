@@ -13,7 +13,9 @@
 // properties (Result=, ActiveState=), never from that log's text.
 //
 // Where no real systemd can be had, New skips the test with the reason, or fails it
-// when DICE_REQUIRE_SYSTEMD=1. With `go test -short`, New and Need skip.
+// when DICE_REQUIRE_SYSTEMD=1. With `go test -short`, New and Need skip. The tests that
+// call New, and this package's own, are in files built only with the tag e2e (`go test
+// -tags e2e`, make test): `go test ./...` links no test binary that would only skip.
 package systemdtest
 
 import (

@@ -1,3 +1,7 @@
+//go:build e2e
+
+// The harness is tested with the e2e tests it serves (go test -tags e2e, make test).
+
 package systemdtest
 
 import (
