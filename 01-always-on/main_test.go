@@ -27,6 +27,7 @@ import (
 func TestMain(m *testing.M) { stagetest.Main(m, main) }
 
 func TestServeAnswersRolls(t *testing.T) {
+	t.Parallel()
 	ln, err := listener("127.0.0.1:0")
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -45,6 +46,7 @@ func TestServeAnswersRolls(t *testing.T) {
 }
 
 func TestListenerRefusesABusyPort(t *testing.T) {
+	t.Parallel()
 	ln, err := listener("127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
@@ -55,6 +57,7 @@ func TestListenerRefusesABusyPort(t *testing.T) {
 // TestSIGTERMFinishesTheRequestInFlight runs the stage as its own process, sends
 // SIGTERM while a request is in flight, and expects the answer and exit status 0.
 func TestSIGTERMFinishesTheRequestInFlight(t *testing.T) {
+	t.Parallel()
 	cmd := stagetest.Self("-addr", "127.0.0.1:0")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)

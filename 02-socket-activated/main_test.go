@@ -20,6 +20,7 @@ import (
 func TestMain(m *testing.M) { stagetest.Main(m, main) }
 
 func TestServeAnswersRolls(t *testing.T) {
+	t.Parallel()
 	ln := stagetest.TCPListener(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, stop := context.WithCancel(context.Background())
@@ -37,6 +38,7 @@ func TestServeAnswersRolls(t *testing.T) {
 // TestWrongActivation passes the stage what no correct dice.socket would, and
 // expects exit status 1 with a message that names the fix.
 func TestWrongActivation(t *testing.T) {
+	t.Parallel()
 	server, _ := stagetest.TCPConn(t)
 	tests := []struct {
 		name     string
@@ -77,6 +79,7 @@ func withEnv(cmd *exec.Cmd, env ...string) *exec.Cmd {
 // TestActivatedByHand passes a listening socket as systemd would: the stage serves
 // on it, as the process with the pid LISTEN_PID named, and stops on SIGTERM.
 func TestActivatedByHand(t *testing.T) {
+	t.Parallel()
 	ln := stagetest.TCPListener(t)
 	cmd := stagetest.Activated([]*os.File{stagetest.File(t, ln)}, nil)
 	require.NoError(t, cmd.Start())

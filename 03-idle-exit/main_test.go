@@ -13,6 +13,7 @@ import (
 func TestMain(m *testing.M) { stagetest.Main(m, main) }
 
 func TestWithoutSystemdItSaysWhatToDo(t *testing.T) {
+	t.Parallel()
 	code, out := stagetest.Exit(t, stagetest.Self("-idle", "1s"))
 	assert.Equal(t, 1, code)
 	assert.Contains(t, out, "LISTEN_FDS unset")

@@ -27,6 +27,7 @@ func TestMain(m *testing.M) { stagetest.Main(m, main) }
 // TestWrongActivation: without systemd, or handed a listening socket (a socket
 // unit with Accept=no), the stage exits 1 and names the fix.
 func TestWrongActivation(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		cmd      *exec.Cmd
@@ -56,6 +57,7 @@ func TestWrongActivation(t *testing.T) {
 // with Accept=yes: every keep-alive request on it is answered by the same process,
 // which exits 0 when the client closes the connection.
 func TestServesOneConnection(t *testing.T) {
+	t.Parallel()
 	server, client := stagetest.TCPConn(t)
 	cmd := stagetest.Activated([]*os.File{stagetest.File(t, server)},
 		[]string{"LISTEN_FDNAMES=connection"})
@@ -100,6 +102,7 @@ func TestSilentClientCannotHoldAProcess(t *testing.T) {
 // TestSystemdSocketActivateAccept is the no-units quick path from the README:
 // systemd-socket-activate --accept starts the stage once per connection.
 func TestSystemdSocketActivateAccept(t *testing.T) {
+	t.Parallel()
 	ssa := systemdtest.Need(t, "systemd-socket-activate")
 	addr := fmt.Sprintf("127.0.0.1:%d", systemdtest.FreePort(t))
 	cmd := exec.Command(ssa, "--accept", "-l", addr, "-E", "DICE_RUN_MAIN=1", os.Args[0])

@@ -42,6 +42,7 @@ func TestAcceptOnceThenBlockUntilClosed(t *testing.T) {
 // TestServesKeepAliveRequestsOnOneConnection serves one TCP connection with
 // http.Server, as stage 04 does, and sends three requests over it.
 func TestServesKeepAliveRequestsOnOneConnection(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()

@@ -9,6 +9,7 @@ import (
 )
 
 func TestRollStaysInRange(t *testing.T) {
+	t.Parallel()
 	for _, sides := range []int{MinSides, 6, 20, MaxSides} {
 		rolls := Roll(sides, MaxCount)
 		require.Len(t, rolls, MaxCount)
@@ -20,6 +21,7 @@ func TestRollStaysInRange(t *testing.T) {
 }
 
 func TestRollShowsEveryFace(t *testing.T) {
+	t.Parallel()
 	seen := map[int]bool{}
 	for range 100 {
 		for _, n := range Roll(6, MaxCount) {
@@ -30,6 +32,7 @@ func TestRollShowsEveryFace(t *testing.T) {
 }
 
 func TestParseParams(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		query string

@@ -27,6 +27,7 @@ func quietHandler() *dice.Handler {
 }
 
 func TestRollAnswersJSON(t *testing.T) {
+	t.Parallel()
 	h := quietHandler()
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/roll", nil))
@@ -45,6 +46,7 @@ func TestRollAnswersJSON(t *testing.T) {
 }
 
 func TestRollWithSidesAndCount(t *testing.T) {
+	t.Parallel()
 	rec := httptest.NewRecorder()
 	quietHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/roll?sides=20&count=3", nil))
 
@@ -62,6 +64,7 @@ func TestRollWithSidesAndCount(t *testing.T) {
 }
 
 func TestHeadHasNoBody(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(quietHandler())
 	defer srv.Close()
 	resp, err := http.Head(srv.URL + "/roll")
@@ -74,6 +77,7 @@ func TestHeadHasNoBody(t *testing.T) {
 }
 
 func TestBadRequests(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(quietHandler())
 	defer srv.Close()
 	require.GreaterOrEqual(t, len(dicetest.BadRequests), 20)
@@ -83,6 +87,7 @@ func TestBadRequests(t *testing.T) {
 // TestBrokenClientsDoNotCrashTheServer sends what no HTTP client should, through
 // NewServer, and checks that the server still answers afterwards.
 func TestBrokenClientsDoNotCrashTheServer(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))

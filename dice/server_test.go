@@ -16,6 +16,7 @@ import (
 )
 
 func TestServeFinishesRequestsInFlight(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -59,6 +60,7 @@ func TestServeFinishesRequestsInFlight(t *testing.T) {
 // request. Serve must answer it (http.Server.Shutdown would close the connection
 // without an answer), and accept no other connection meanwhile.
 func TestServeAnswersAConnectionAcceptedAsItStops(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -105,6 +107,7 @@ func TestServeAnswersAConnectionAcceptedAsItStops(t *testing.T) {
 // TestNewServerHasTheTimeouts: what makes a silent or idle client let go of a
 // connection (and, in stage 04, of its process) is set on every server.
 func TestNewServerHasTheTimeouts(t *testing.T) {
+	t.Parallel()
 	srv := NewServer(http.NotFoundHandler(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	assert.Equal(t, ReadHeaderTimeout, srv.ReadHeaderTimeout)
 	assert.Equal(t, IdleTimeout, srv.IdleTimeout)

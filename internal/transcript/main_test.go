@@ -12,6 +12,7 @@ import (
 )
 
 func TestMatch(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		want, got string
@@ -45,6 +46,7 @@ func TestMatch(t *testing.T) {
 }
 
 func TestKeepElisions(t *testing.T) {
+	t.Parallel()
 	got := strings.Split("build\nbuild\nstarted 7\nrunning\nhint\nhint", "\n")
 	assert.Equal(t, []string{"build", "...", "started 7", "running", "...", "hint"},
 		keepElisions(strings.Split("build\n...\nstarted 3\nrunning\n...\nhint", "\n"), got))
@@ -55,6 +57,7 @@ func TestKeepElisions(t *testing.T) {
 // output as a terminal shows it (no colour escapes), and rewrites only the command
 // whose output differs.
 func TestRunAndRewrite(t *testing.T) {
+	t.Parallel()
 	md := "# t\n```console\n$ cd /\n$ pwd\n/\n$ printf '\\e[31mpid\\e[0m %s\\r\\n' $$\npid 1\n" +
 		"$ echo a\n> echo b\nb\n```\n"
 	lines := strings.Split(strings.TrimSuffix(md, "\n"), "\n")
@@ -79,6 +82,7 @@ func TestRunAndRewrite(t *testing.T) {
 // TestUpdateRefreshesNumbers: a number that masking hides (a stale MaxConnections=32
 // as much as a pid) fails no check, and -update still rewrites it.
 func TestUpdateRefreshesNumbers(t *testing.T) {
+	t.Parallel()
 	md := "```console\n$ echo MaxConnections=48; echo b\nMaxConnections=32\n...\n```\n"
 	lines := strings.Split(strings.TrimSuffix(md, "\n"), "\n")
 	cmds, _, _, err := parse("t.md", lines)
@@ -94,6 +98,7 @@ func TestUpdateRefreshesNumbers(t *testing.T) {
 }
 
 func TestNotRun(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "t.md")
 	require.NoError(t, os.WriteFile(file, []byte("<!-- not run: needs a second machine -->\n\n"+
@@ -110,6 +115,7 @@ func TestNotRun(t *testing.T) {
 // TestDoesNotFinish: a command that outlives the timeout is named, and those before it
 // are compared.
 func TestDoesNotFinish(t *testing.T) {
+	t.Parallel()
 	// The sleep is bash itself (exec), so that the timeout's kill leaves no process
 	// behind; its output goes elsewhere, as a process left holding the output would keep
 	// run waiting a second more (WaitDelay).
@@ -125,6 +131,7 @@ func TestDoesNotFinish(t *testing.T) {
 
 // TestIndented: a block in a list is read without its indent and written back with it.
 func TestIndented(t *testing.T) {
+	t.Parallel()
 	md := "1. Run:\n   ```console\n   $ echo a\n   b\n   ```\n"
 	lines := strings.Split(strings.TrimSuffix(md, "\n"), "\n")
 	cmds, blocks, _, err := parse("t.md", lines)
